@@ -1,0 +1,63 @@
+"""tldr_jax: training-free token merging (vid-TLDR, ToMe) for video transformers in JAX/Flax."""
+
+from tldr_jax.api import Output, Params, apply, build, check_video, init, schedule
+from tldr_jax.configs import ARCHS, ArchConfig, get_config
+from tldr_jax.flops import flops, flops_breakdown, gflops, solve_schedule
+from tldr_jax.merge import (
+    MergePlan,
+    ScheduleCapWarning,
+    TokenOrigin,
+    apply_plan,
+    bipartite_plan,
+    destination_index,
+    identity_origin,
+    identity_source,
+    merge_source,
+    merge_tokens,
+    merge_wavg,
+    origin_to_dense,
+    resolve_r,
+    update_origin,
+)
+from tldr_jax.saliency import saliency, saliency_from_sharpness, sharpness
+from tldr_jax.schedule import PRESETS, Schedule, preset_names, resolve_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHS",
+    "PRESETS",
+    "ArchConfig",
+    "MergePlan",
+    "Output",
+    "Params",
+    "Schedule",
+    "ScheduleCapWarning",
+    "TokenOrigin",
+    "apply",
+    "apply_plan",
+    "bipartite_plan",
+    "build",
+    "check_video",
+    "destination_index",
+    "flops",
+    "flops_breakdown",
+    "get_config",
+    "gflops",
+    "identity_origin",
+    "identity_source",
+    "init",
+    "merge_source",
+    "merge_tokens",
+    "merge_wavg",
+    "origin_to_dense",
+    "preset_names",
+    "resolve_r",
+    "resolve_schedule",
+    "saliency",
+    "saliency_from_sharpness",
+    "schedule",
+    "sharpness",
+    "solve_schedule",
+    "update_origin",
+]

@@ -1,0 +1,477 @@
+"""Pure, jit-friendly token merging: ToMe bipartite soft matching and the vid-TLDR saliency merge.
+
+Every function here is a pure function of arrays and static Python ints, so every shape is known at
+trace time. The matching is computed once as a :class:`MergePlan` (a small pytree of index arrays)
+and then applied to any number of arrays: tokens, sizes, the dense source map.
+
+Token layout (as in ToMe and the official vid-TLDR): tokens alternate between a source set ``A``
+(even indices) and a destination set ``B`` (odd indices). Each source picks its most similar
+destination (cosine similarity of the metric); the ``r`` sources with the most similar match are
+merged into their destinations; unmerged sources keep their original order. The output order is
+``[unmerged sources, destinations]``, with protected tokens moved first.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tldr_jax.saliency import acc_dtype
+from tldr_jax.saliency import saliency as vid_tldr_saliency
+
+Array = jax.Array
+Mode = Literal["sum", "mean", "amax"]
+
+__all__ = [
+    "MergePlan",
+    "TokenOrigin",
+    "ScheduleCapWarning",
+    "bipartite_plan",
+    "apply_plan",
+    "merge_wavg",
+    "merge_source",
+    "merge_tokens",
+    "destination_index",
+    "identity_source",
+    "identity_origin",
+    "update_origin",
+    "origin_to_dense",
+    "resolve_r",
+]
+
+
+class ScheduleCapWarning(UserWarning):
+    """Raised (as a warning) when a requested merge count exceeds what a layer can merge."""
+
+
+@struct.dataclass
+class MergePlan:
+    """Indices of one bipartite merge step, computed once and applied to many arrays.
+
+    Attributes:
+      unm_idx: ``(B, Na - r)`` int32 indices into the source set of the unmerged sources, ascending.
+      src_idx: ``(B, r)`` int32 indices into the source set of the merged sources.
+      dst_idx: ``(B, r)`` int32 indices into the destination set each merged source joins.
+      src_weight: ``(B, r)`` float32 saliency of each merged source (vid-TLDR) or ``None`` (ToMe).
+      num_tokens: static token count ``N`` the plan was made for.
+      protected: static number of leading tokens that are never merged.
+    """
+
+    unm_idx: Array
+    src_idx: Array
+    dst_idx: Array
+    src_weight: Array | None
+    num_tokens: int = struct.field(pytree_node=False)
+    protected: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def r(self) -> int:
+        """Number of tokens this plan removes."""
+        return int(self.src_idx.shape[-1])
+
+    @property
+    def num_out(self) -> int:
+        """Token count after the merge, ``N - r``."""
+        return self.num_tokens - self.r
+
+
+class TokenOrigin(NamedTuple):
+    """O(N) source map: for each input token, the output token that holds it and its weight.
+
+    Attributes:
+      owner: ``(B, N0)`` int32, index of the current token that contains input token ``j``.
+      weight: ``(B, N0)`` float32, the product of the saliency factors applied to input token ``j``
+        on its way (1 for ToMe; 0 once vid-TLDR dropped it as background).
+
+    ``origin_to_dense`` turns it into the official dense ``(B, N, N0)`` map.
+    """
+
+    owner: Array
+    weight: Array
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers (clear errors that name the bad value and the fix).
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_tokens(name: str, x: Array, rank: int = 3) -> None:
+    if not hasattr(x, "ndim") or x.ndim != rank:
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(
+            f"`{name}` must have rank {rank} (B, N, C); got shape {shape}. "
+            "Add a batch axis with x[None] or flatten the tokens to (B, N, C)."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a floating-point array; got dtype {x.dtype}. "
+            f"Cast it first, e.g. {name}.astype(jnp.float32)."
+        )
+
+
+def _check_static_int(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be a static Python int; got {value!r} of type {type(value).__name__}. "
+            "Pass it as a static argument (e.g. jax.jit(..., static_argnames=...))."
+        )
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    return int(value)
+
+
+def resolve_r(r: int | float, num_tokens: int, protected: int = 0, *, layer: int | None = None) -> int:
+    """Effective merge count of one layer, exactly as the official vid-TLDR code computes it.
+
+    Args:
+      r: a count (int, or an integral float) or a fraction ``0 < r < 1`` of the current tokens.
+      num_tokens: current token count ``N`` (protected tokens included).
+      protected: leading tokens that are never merged.
+      layer: only used in messages.
+
+    Returns:
+      ``int(N * r)`` for fractions, else ``r``, capped at ``(N - protected) // 2``. A
+      :class:`ScheduleCapWarning` is emitted (at trace time) when the cap bites.
+    """
+    where = f" at layer {layer}" if layer is not None else ""
+    if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)):
+        raise TypeError(f"r{where} must be an int or a float fraction < 1; got {r!r}.")
+    if not math.isfinite(float(r)) or r < 0:
+        raise ValueError(f"r{where} must be >= 0 (0 means no merging); got {r!r}.")
+    if r < 1:
+        count = int(num_tokens * float(r))
+    else:
+        if float(r) != int(r):
+            raise ValueError(
+                f"r{where} = {r!r} is neither a whole count nor a fraction < 1. "
+                "Use an int (tokens to merge) or a float in [0, 1) (fraction of the current tokens)."
+            )
+        count = int(r)
+    cap = max((num_tokens - protected) // 2, 0)
+    if count > cap:
+        warnings.warn(
+            f"r{where}: asked to merge {count} of {num_tokens} tokens"
+            f"{f' ({protected} protected)' if protected else ''}; capped at {cap} "
+            "(a bipartite merge removes at most half of the tokens), as the official code does.",
+            ScheduleCapWarning,
+            stacklevel=3,
+        )
+        count = cap
+    return count
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning and applying a merge.
+# --------------------------------------------------------------------------------------------------
+
+
+def _protected_masks(num_tokens: int, protected: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static boolean masks over the source and destination sets marking protected tokens."""
+    idx = np.arange(num_tokens)
+    prot = idx < protected
+    return prot[0::2], prot[1::2]
+
+
+def bipartite_plan(
+    metric: Array,
+    r: int,
+    *,
+    protected: int = 0,
+    saliency: Array | None = None,
+) -> MergePlan:
+    """Bipartite soft matching: choose which ``r`` tokens merge into which.
+
+    Args:
+      metric: ``(B, N, C)`` similarity features (vid-TLDR: the hidden states; ToMe: mean keys).
+        No gradient flows through the matching.
+      r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
+      protected: static number of leading tokens (e.g. a CLS token) never merged.
+      saliency: optional ``(B, N)`` vid-TLDR saliency; merged sources are scaled by it.
+
+    Returns:
+      A :class:`MergePlan`.
+    """
+    _check_tokens("metric", metric)
+    r = _check_static_int("r", r)
+    protected = _check_static_int("protected", protected)
+    bsz, n, _ = metric.shape
+    cap = max((n - protected) // 2, 0)
+    if r > cap:
+        raise ValueError(
+            f"r = {r} is more than a bipartite merge of {n} tokens ({protected} protected) can remove "
+            f"(at most {cap}). Resolve r with tldr_jax.resolve_r, which caps it."
+        )
+    metric = jax.lax.stop_gradient(metric).astype(acc_dtype(metric.dtype))
+    metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
+    a, b = metric[:, 0::2], metric[:, 1::2]
+    scores = (jnp.einsum("bic,bjc->bij", a, b, precision=jax.lax.Precision.HIGHEST) + 1.0) / 2.0
+    if protected:
+        prot_a, prot_b = _protected_masks(n, protected)
+        scores = jnp.where(prot_a[None, :, None], -jnp.inf, scores)
+        scores = jnp.where(prot_b[None, None, :], -jnp.inf, scores)
+    node_max = jnp.max(scores, axis=-1)
+    node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    edge_idx = jnp.argsort(node_max, axis=-1, descending=True, stable=True).astype(jnp.int32)
+    src_idx = edge_idx[:, :r]
+    unm_idx = jnp.sort(edge_idx[:, r:], axis=-1)
+    dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=-1)
+    src_weight = None
+    if saliency is not None:
+        if saliency.shape != (bsz, n):
+            raise ValueError(
+                f"saliency must have shape (B, N) = {(bsz, n)} to match the metric; got {saliency.shape}."
+            )
+        sal = jax.lax.stop_gradient(saliency).astype(acc_dtype(saliency.dtype))
+        src_weight = jnp.take_along_axis(sal[:, 0::2], src_idx, axis=-1)
+    return MergePlan(unm_idx, src_idx, dst_idx, src_weight, num_tokens=n, protected=protected)
+
+
+def _front_permutation(plan: MergePlan) -> np.ndarray | None:
+    """Static output permutation that moves protected destination tokens to the front.
+
+    Protected source tokens are never merged and sort first among the unmerged sources already;
+    protected destination tokens (index 1, 3, ...) need to be moved up. ``None`` when no move is needed.
+    """
+    p = plan.protected
+    if p <= 1:
+        return None
+    n_unm = (plan.num_tokens + 1) // 2 - plan.r
+    front = [t // 2 if t % 2 == 0 else n_unm + t // 2 for t in range(p)]
+    rest = [i for i in range(plan.num_out) if i not in set(front)]
+    return np.asarray(front + rest, dtype=np.int32)
+
+
+def _scatter(dst: Array, idx: Array, src: Array, mode: Mode) -> Array:
+    """Batched scatter-reduce along axis 1 (``include_self=True`` semantics, as torch)."""
+    if mode == "sum":
+        return jax.vmap(lambda d, i, s: d.at[i].add(s))(dst, idx, src)
+    if mode == "amax":
+        return jax.vmap(lambda d, i, s: d.at[i].max(s))(dst, idx, src)
+    if mode == "mean":
+        total = jax.vmap(lambda d, i, s: d.at[i].add(s))(dst, idx, src)
+        ones = jnp.ones(src.shape[:2] + (1,) * (src.ndim - 2), dst.dtype)
+        count = jax.vmap(lambda i, o: jnp.ones((dst.shape[1],) + o.shape[1:], dst.dtype).at[i].add(o))(
+            idx, ones
+        )
+        return total / count
+    raise ValueError(f"mode must be 'sum', 'mean' or 'amax'; got {mode!r}.")
+
+
+def apply_plan(plan: MergePlan, x: Array, mode: Mode = "sum") -> Array:
+    """Apply a merge plan to any per-token array.
+
+    The arithmetic runs in float32 (float64 for float64 input) whatever the input dtype, and the
+    result is cast back.
+    Merged sources are scaled by ``plan.src_weight`` (vid-TLDR) before the reduction.
+
+    Args:
+      plan: from :func:`bipartite_plan`.
+      x: ``(B, N, ...)`` per-token values (tokens, sizes ``(B, N, 1)``, a dense source map).
+      mode: ``"sum"``, ``"mean"`` (ToMe's include-self mean) or ``"amax"`` (source maps).
+
+    Returns:
+      ``(B, N - r, ...)``.
+    """
+    if x.ndim < 2 or x.shape[1] != plan.num_tokens:
+        raise ValueError(
+            f"this plan was made for {plan.num_tokens} tokens on axis 1; got an array of shape {x.shape}."
+        )
+    dtype = x.dtype
+    x = x.astype(acc_dtype(dtype))
+    a, b = x[:, 0::2], x[:, 1::2]
+    expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
+    unm = jnp.take_along_axis(a, plan.unm_idx[expand], axis=1)
+    out_parts = [unm]
+    if plan.r:
+        src = jnp.take_along_axis(a, plan.src_idx[expand], axis=1)
+        if plan.src_weight is not None:
+            src = src * plan.src_weight[expand]
+        b = _scatter(b, plan.dst_idx, src, mode)
+    out_parts.append(b)
+    out = jnp.concatenate(out_parts, axis=1)
+    perm = _front_permutation(plan)
+    if perm is not None:
+        out = out[:, perm]
+    return out.astype(dtype)
+
+
+def merge_wavg(plan: MergePlan, x: Array, size: Array | None = None) -> tuple[Array, Array]:
+    """Size-weighted merge of tokens (ToMe's ``merge_wavg``; vid-TLDR's saliency-weighted variant).
+
+    ``x' = sum(w * size * x) / sum(w * size)`` over each merged group, where ``w`` is the saliency of
+    merged sources (1 for destinations, unmerged tokens and ToMe). As in the official code the sizes
+    are rescaled by their per-sample maximum first (a numerical step that cancels exactly).
+
+    Args:
+      plan: from :func:`bipartite_plan`.
+      x: ``(B, N, C)`` tokens, any float dtype (merged in float32, returned in the input dtype).
+      size: ``(B, N, 1)`` token sizes; ones when ``None``.
+
+    Returns:
+      ``(x, size)`` of shapes ``(B, N - r, C)`` and ``(B, N - r, 1)`` (size in float32).
+    """
+    dtype = x.dtype
+    acc = acc_dtype(dtype)
+    x = x.astype(acc)
+    if size is None:
+        size = jnp.ones(x.shape[:2] + (1,), acc)
+    size = size.astype(jnp.promote_types(size.dtype, acc))
+    size_max = jnp.max(size, axis=1, keepdims=True)
+    x = apply_plan(plan, x * (size / size_max), "sum")
+    size = apply_plan(plan, size, "sum")
+    x = x / (size / size_max)
+    return x.astype(dtype), size
+
+
+def merge_source(plan: MergePlan, source: Array | TokenOrigin) -> Array | TokenOrigin:
+    """Update a source map after a merge.
+
+    Args:
+      plan: from :func:`bipartite_plan`.
+      source: the official dense ``(B, N, N0)`` map (updated with an ``amax`` merge, so merged rows
+        are saliency-scaled, exactly as the official code) or a :class:`TokenOrigin`.
+
+    Returns:
+      The same kind of map for the ``N - r`` output tokens.
+    """
+    if isinstance(source, TokenOrigin):
+        return update_origin(plan, source)
+    return apply_plan(plan, source, "amax")
+
+
+# --------------------------------------------------------------------------------------------------
+# Source tracking.
+# --------------------------------------------------------------------------------------------------
+
+
+def identity_source(batch: int, num_tokens: int, dtype=jnp.float32) -> Array:
+    """Dense identity source map ``(B, N, N)``: every token holds only itself."""
+    return jnp.broadcast_to(jnp.eye(num_tokens, dtype=dtype), (batch, num_tokens, num_tokens))
+
+
+def identity_origin(batch: int, num_tokens: int) -> TokenOrigin:
+    """O(N) identity source map: ``owner = arange(N)``, ``weight = 1``; each ``(B, N)``."""
+    owner = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (batch, num_tokens))
+    return TokenOrigin(owner, jnp.ones((batch, num_tokens), jnp.float32))
+
+
+def destination_index(plan: MergePlan) -> tuple[Array, Array]:
+    """Where each of the ``N`` input tokens of a merge ends up, and with which factor.
+
+    Returns:
+      ``(dest, factor)``, both ``(B, N)``: ``dest[b, i]`` is the output index holding input token
+      ``i``; ``factor[b, i]`` is its saliency weight if it was a merged source, else 1.
+    """
+    bsz = plan.src_idx.shape[0]
+    n, r = plan.num_tokens, plan.r
+    n_a, n_b = (n + 1) // 2, n // 2
+    n_unm = n_a - r
+
+    def per_sample(unm, src, dst):
+        d = jnp.zeros((n_a,), jnp.int32).at[unm].set(jnp.arange(n_unm, dtype=jnp.int32))
+        return d.at[src].set(n_unm + dst)
+
+    dest_a = jax.vmap(per_sample)(plan.unm_idx, plan.src_idx, plan.dst_idx)
+    dest_b = jnp.broadcast_to(n_unm + jnp.arange(n_b, dtype=jnp.int32), (bsz, n_b))
+    fac_a = jnp.ones((bsz, n_a), jnp.float32)
+    if plan.src_weight is not None:
+        fac_a = jax.vmap(lambda f, s, w: f.at[s].set(w))(fac_a, plan.src_idx, plan.src_weight)
+    dest = jnp.zeros((bsz, n), jnp.int32).at[:, 0::2].set(dest_a).at[:, 1::2].set(dest_b)
+    factor = jnp.ones((bsz, n), jnp.float32).at[:, 0::2].set(fac_a)
+    perm = _front_permutation(plan)
+    if perm is not None:
+        inverse = np.argsort(perm).astype(np.int32)
+        dest = jnp.asarray(inverse)[dest]
+    return dest, factor
+
+
+def update_origin(plan: MergePlan, origin: TokenOrigin) -> TokenOrigin:
+    """Compose an O(N) source map with one merge step. Shapes stay ``(B, N0)``."""
+    dest, factor = destination_index(plan)
+    owner = jnp.take_along_axis(dest, origin.owner, axis=1)
+    weight = origin.weight * jnp.take_along_axis(factor, origin.owner, axis=1)
+    return TokenOrigin(owner, weight)
+
+
+def origin_to_dense(origin: TokenOrigin, num_tokens: int) -> Array:
+    """Dense ``(B, N, N0)`` source map from a :class:`TokenOrigin` (equal to the official map)."""
+    bsz, n0 = origin.owner.shape
+    onehot = jax.nn.one_hot(origin.owner, num_tokens, dtype=jnp.float32, axis=1)  # (B, N, N0)
+    return onehot * origin.weight[:, None, :]
+
+
+# --------------------------------------------------------------------------------------------------
+# The one public step.
+# --------------------------------------------------------------------------------------------------
+
+
+def merge_tokens(
+    x: Array,
+    r: int | float,
+    *,
+    attn: Array | None = None,
+    size: Array | None = None,
+    metric: Array | None = None,
+    protected: int = 0,
+    source: Array | TokenOrigin | None = None,
+) -> tuple[Array, Array, Array | TokenOrigin | None]:
+    """One token-merging step, for users patching their own Flax models.
+
+    With ``attn`` this is vid-TLDR's saliency-aware merge (the official operation); without it,
+    ToMe's plain size-weighted merge.
+
+    Args:
+      x: ``(B, N, C)`` float tokens.
+      r: static tokens to remove (int) or a fraction ``< 1`` of ``N``; capped at
+        ``(N - protected) // 2`` with a :class:`ScheduleCapWarning`.
+      attn: ``(B, H, N, N)`` softmax attention probabilities of this layer, before any size bias.
+      size: ``(B, N, 1)`` running token sizes; ones when ``None``.
+      metric: ``(B, N, C')`` matching features; defaults to ``x``.
+      protected: leading tokens never merged (e.g. 1 for a CLS token).
+      source: ``None`` (stays ``None``), the dense ``(B, N, N0)`` map, or a :class:`TokenOrigin`.
+
+    Returns:
+      ``(x, size, source)`` with ``N - r`` tokens; ``size`` is float32 ``(B, N - r, 1)``.
+    """
+    _check_tokens("x", x)
+    bsz, n, _ = x.shape
+    protected = _check_static_int("protected", protected)
+    if protected > n:
+        raise ValueError(f"protected = {protected} is more than the {n} tokens of x.")
+    if metric is None:
+        metric = x
+    else:
+        _check_tokens("metric", metric)
+        if metric.shape[:2] != (bsz, n):
+            raise ValueError(
+                f"metric must share x's batch and token dims {(bsz, n)}; got shape {metric.shape}."
+            )
+    if size is not None and size.shape != (bsz, n, 1):
+        raise ValueError(f"size must have shape (B, N, 1) = {(bsz, n, 1)}; got {size.shape}.")
+    sal = None
+    if attn is not None:
+        if attn.ndim != 4 or attn.shape[0] != bsz or attn.shape[2:] != (n, n):
+            raise ValueError(
+                f"attn must have shape (B, H, N, N) with B = {bsz} and N = {n} to match x "
+                f"{tuple(x.shape)}; got {tuple(attn.shape)}. Pass the attention of the same layer."
+            )
+        if not jnp.issubdtype(attn.dtype, jnp.floating):
+            raise TypeError(f"attn must be floating-point probabilities; got dtype {attn.dtype}.")
+    count = resolve_r(r, n, protected)
+    if count == 0:
+        if size is None:
+            size = jnp.ones((bsz, n, 1), jnp.float32)
+        return x, size, source
+    if attn is not None:
+        sal = vid_tldr_saliency(attn)
+    plan = bipartite_plan(metric, count, protected=protected, saliency=sal)
+    x, size = merge_wavg(plan, x, size)
+    if source is not None:
+        source = merge_source(plan, source)
+    return x, size, source

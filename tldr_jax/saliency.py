@@ -1,0 +1,126 @@
+"""vid-TLDR saliency: attention sharpness, background removal and foreground sharpening.
+
+The official vid-TLDR code scores each query token by the negative entropy of its head-averaged
+softmax attention row (computed *before* the proportional-attention ``log(size)`` bias), min-max
+normalises the scores per sample, zeroes every token below the mean ("background removal") and
+re-stretches the rest from ``[mean, max]`` to ``[0, 1]`` ("foreground sharpening").
+
+Two documented fixes (the official code produces NaN in both cases):
+
+* ``0 * log(0)`` is taken as ``0``, so attention rows with exact zeros stay finite.
+* A constant score vector (all tokens equally sharp) would divide 0 by 0. There the min-max step
+  gives zeros and the sharpening step gives ones: every token counts as fully salient, which makes
+  the merge fall back to ToMe's plain size-weighted average.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def acc_dtype(dtype) -> jnp.dtype:
+    """Accumulation dtype of merge and saliency arithmetic: float32, or float64 for float64 input."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def xlogx(p: Array) -> Array:
+    """``p * log(p)`` with ``0 * log(0) = 0``; finite value and gradient at 0. Shape-preserving."""
+    positive = p > 0
+    safe = jnp.where(positive, p, 1.0)
+    return jnp.where(positive, p * jnp.log(safe), 0.0)
+
+
+def ordered_sum(x: Array, lanes: int = 8, accumulators: int = 4) -> Array:
+    """Sum over the last axis in a fixed order: that of PyTorch's vectorised CPU reduction.
+
+    The min-max normalisation of the saliency divides by the score range, which is tiny for
+    near-uniform attention, so rounding differences of a plain ``jnp.sum`` are amplified up to
+    ``1e-4``. Adding in the official implementation's order (``lanes``-wide vectors spread over
+    ``accumulators`` partial sums, then the scalar tail, then the lanes) keeps parity with its
+    numbers. The adds are unrolled elementwise ops, which XLA fuses into one pass over ``x``.
+
+    Args:
+      x: ``(..., N)`` float32.
+
+    Returns:
+      ``(...)`` float32.
+    """
+    n = x.shape[-1]
+    num_vec = n // lanes
+    vec = [x[..., i * lanes : (i + 1) * lanes] for i in range(num_vec)]
+    rounds = num_vec // accumulators
+    part: list[Array | None] = [None] * accumulators
+    for i in range(rounds):
+        for k in range(accumulators):
+            v = vec[i * accumulators + k]
+            part[k] = v if part[k] is None else part[k] + v
+    for i in range(rounds * accumulators, num_vec):
+        part[0] = vec[i] if part[0] is None else part[0] + vec[i]
+    for k in range(1, accumulators):
+        if part[k] is not None:
+            part[0] = part[0] + part[k]
+    total = jnp.zeros(x.shape[:-1], x.dtype)
+    for k in range(num_vec * lanes, n):
+        total = total + x[..., k]
+    if part[0] is not None:
+        for lane in range(lanes):
+            total = total + part[0][..., lane]
+    return total
+
+
+def sharpness(attn: Array) -> Array:
+    """Negative entropy of the head-averaged attention rows.
+
+    Args:
+      attn: ``(B, H, N, N)`` softmax attention probabilities (rows sum to 1), pre size bias.
+
+    Returns:
+      ``(B, N)`` float32 scores ``sum_j A_ij log A_ij`` of ``A = mean_h attn``: higher is sharper.
+    """
+    return sharpness_from_mean(jnp.mean(attn.astype(acc_dtype(attn.dtype)), axis=1))
+
+
+def sharpness_from_mean(mean_attn: Array) -> Array:
+    """``(B, N, N)`` head-averaged attention -> ``(B, N)`` negative row entropy (official order)."""
+    return ordered_sum(xlogx(mean_attn.astype(acc_dtype(mean_attn.dtype))))
+
+
+def _safe_div(num: Array, den: Array, fill: float) -> Array:
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), fill)
+
+
+def saliency_from_sharpness(scores: Array) -> Array:
+    """Background removal and foreground sharpening of per-token scores.
+
+    Args:
+      scores: ``(B, N)`` sharpness scores (see :func:`sharpness`).
+
+    Returns:
+      ``(B, N)`` float32 saliency in ``[0, 1]``: 0 for tokens whose min-max normalised score is below
+      the per-sample mean, ``(s - mean) / max(s - mean)`` otherwise. A constant row gives all ones.
+    """
+    s = scores.astype(acc_dtype(scores.dtype))
+    s = s - jnp.min(s, axis=-1, keepdims=True)
+    s = _safe_div(s, jnp.max(s, axis=-1, keepdims=True), 0.0)
+    mean = jnp.mean(s, axis=-1, keepdims=True)
+    background = s < mean
+    s = s - mean
+    s = _safe_div(s, jnp.max(s, axis=-1, keepdims=True), 1.0)
+    return jnp.where(background, 0.0, s)
+
+
+def saliency(attn: Array) -> Array:
+    """vid-TLDR saliency of every token from one layer's attention.
+
+    Args:
+      attn: ``(B, H, N, N)`` softmax attention probabilities before the ``log(size)`` bias.
+
+    Returns:
+      ``(B, N)`` float32 saliency in ``[0, 1]`` (no gradient flows through it: the official code
+      computes it under ``no_grad``).
+    """
+    return jax.lax.stop_gradient(saliency_from_sharpness(sharpness(attn)))

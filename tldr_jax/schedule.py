@@ -1,0 +1,170 @@
+"""Merge schedules: turn a user's ``r`` into static per-layer merge counts before tracing.
+
+``r`` may be
+
+* an ``int``: merge that many tokens in every layer;
+* a ``float`` in ``[0, 1)``: merge that fraction of the current tokens in every layer;
+* a tuple/list with one entry per layer (shorter ones are padded with zeros), each a count or a
+  fraction ``< 1`` of the current tokens, exactly as the official vid-TLDR ``vidTLDR_r`` list;
+* a preset name (e.g. ``"msrvtt"``): the per-dataset schedules published with vid-TLDR for
+  UMT-B/16 and UMT-L/16 (see :data:`PRESETS`).
+
+Each layer's count is capped at ``(N - protected) // 2`` as the official code does, with a
+:class:`~tldr_jax.merge.ScheduleCapWarning` so that nothing is silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+
+from tldr_jax.merge import resolve_r
+
+RSpec = Union[int, float, str, Sequence[Union[int, float]], None]
+
+# Per-dataset schedules released with vid-TLDR (README of mlvlab/vid-TLDR), tokens removed per layer.
+PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
+    "umt_b16": {
+        "msrvtt": (600, 200, 100),
+        "msvd": (450, 250, 200),
+        "activitynet": (500,),
+        "didemo": (250, 150, 150, 150),
+        "lsmdc": (400, 150, 150),
+        "ssv2_label": (200, 200, 200, 100),
+        "ssv2_template": (400, 300),
+        "msrvtt_qa": (600, 200),
+        "msvd_qa": (600, 200),
+    },
+    "umt_l16": {
+        "msrvtt": (550, 400),
+        "msvd": (600, 200, 100, 100),
+        "activitynet": (600, 300),
+        "didemo": (800, 100),
+        "lsmdc": (250, 250, 200, 200),
+        "ssv2_label": (450, 250, 100),
+        "ssv2_template": (350, 300, 100, 50),
+        "msrvtt_qa": (400, 400, 100),
+        "msvd_qa": (400, 400, 100),
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A resolved merge schedule; hashable, so it can be a static jit argument.
+
+    Attributes:
+      r: effective tokens removed in each layer, length ``depth``.
+      tokens: token counts, length ``depth + 1``: ``tokens[0]`` enters layer 0, ``tokens[l + 1]``
+        leaves layer ``l`` (protected tokens included).
+      protected: leading tokens never merged.
+    """
+
+    r: tuple[int, ...]
+    tokens: tuple[int, ...]
+    protected: int = 0
+
+    @property
+    def depth(self) -> int:
+        """Number of layers."""
+        return len(self.r)
+
+    @property
+    def last_merge(self) -> int:
+        """Index of the last layer that merges, or -1 when none does."""
+        merging = [i for i, v in enumerate(self.r) if v]
+        return merging[-1] if merging else -1
+
+    def __str__(self) -> str:
+        return " -> ".join(str(t) for t in dict.fromkeys(self.tokens)) if self.last_merge >= 0 else (
+            f"{self.tokens[0]} (no merging)"
+        )
+
+
+def preset_names(arch: str | None = None) -> list[str]:
+    """Names of the published schedules, for one architecture or all (``"arch/name"``)."""
+    if arch is not None:
+        return sorted(PRESETS.get(arch, {}))
+    return sorted(f"{a}/{n}" for a, table in PRESETS.items() for n in table)
+
+
+def lookup_preset(name: str, arch: str | None) -> tuple[int, ...]:
+    """The per-layer counts of a named preset (``"msrvtt"`` or ``"umt_b16/msrvtt"``)."""
+    key = name.lower().replace("-", "_")
+    if "/" in key:
+        arch, key = key.split("/", 1)
+    table = PRESETS.get(arch or "", {})
+    if key in table:
+        return table[key]
+    known = ", ".join(preset_names(arch)) or ", ".join(preset_names())
+    raise ValueError(
+        f"unknown schedule preset {name!r} for architecture {arch!r}. Known presets: {known}. "
+        "Presets are published for UMT-B/16 ('umt_b16') and UMT-L/16 ('umt_l16'); for other models "
+        "pass an int, a fraction or a per-layer tuple."
+    )
+
+
+def per_layer(r: RSpec, depth: int, arch: str | None = None) -> tuple[int | float, ...]:
+    """Expand an ``r`` spec to one raw entry per layer (counts or fractions, not yet capped)."""
+    if r is None:
+        return (0,) * depth
+    if isinstance(r, str):
+        r = lookup_preset(r, arch)
+    if isinstance(r, bool):
+        raise TypeError(f"r must be an int, a fraction < 1, a tuple or a preset name; got {r!r}.")
+    if isinstance(r, (int, float, np.integer, np.floating)):
+        return (r,) * depth
+    if isinstance(r, np.ndarray):
+        r = r.tolist()
+    if not isinstance(r, Sequence):
+        raise TypeError(
+            f"r must be an int, a fraction < 1, a per-layer tuple or a preset name; got {type(r).__name__}."
+        )
+    entries = tuple(r)
+    if len(entries) > depth:
+        raise ValueError(
+            f"the schedule has {len(entries)} entries but the model has only {depth} layers: {entries}. "
+            f"Give at most {depth} entries (missing trailing layers merge nothing)."
+        )
+    return entries + (0,) * (depth - len(entries))
+
+
+def resolve_schedule(
+    r: RSpec,
+    *,
+    num_tokens: int,
+    depth: int,
+    protected: int = 0,
+    arch: str | None = None,
+) -> Schedule:
+    """Resolve an ``r`` spec into effective per-layer counts and token counts.
+
+    Args:
+      r: see the module docstring.
+      num_tokens: tokens entering the first layer (protected tokens included).
+      depth: number of layers.
+      protected: leading tokens that are never merged.
+      arch: architecture name, for presets.
+
+    Returns:
+      A :class:`Schedule`.
+    """
+    if isinstance(r, Schedule):
+        if r.depth != depth or r.tokens[0] != num_tokens or r.protected != protected:
+            raise ValueError(
+                f"this Schedule was resolved for depth {r.depth}, {r.tokens[0]} tokens, {r.protected} "
+                f"protected; the model has depth {depth}, {num_tokens} tokens, {protected} protected."
+            )
+        return r
+    raw = per_layer(r, depth, arch)
+    counts, tokens = [], [num_tokens]
+    n = num_tokens
+    for layer, entry in enumerate(raw):
+        c = resolve_r(entry, n, protected, layer=layer)
+        counts.append(c)
+        n -= c
+        tokens.append(n)
+    return Schedule(tuple(counts), tuple(tokens), protected)
