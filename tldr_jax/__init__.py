@@ -1,6 +1,7 @@
 """tldr_jax: training-free token merging (vid-TLDR, ToMe) for video transformers in JAX/Flax."""
 
 from tldr_jax.api import Output, Params, apply, build, check_video, init, schedule
+from tldr_jax.checkpoint import CheckpointError, load, read_info, save
 from tldr_jax.configs import ARCHS, ArchConfig, get_config
 from tldr_jax.flops import flops, flops_breakdown, gflops, solve_schedule
 from tldr_jax.merge import (
@@ -28,6 +29,7 @@ __all__ = [
     "ARCHS",
     "PRESETS",
     "ArchConfig",
+    "CheckpointError",
     "MergePlan",
     "Output",
     "Params",
@@ -47,13 +49,16 @@ __all__ = [
     "identity_origin",
     "identity_source",
     "init",
+    "load",
     "merge_source",
     "merge_tokens",
     "merge_wavg",
     "origin_to_dense",
     "preset_names",
+    "read_info",
     "resolve_r",
     "resolve_schedule",
+    "save",
     "saliency",
     "saliency_from_sharpness",
     "schedule",

@@ -95,9 +95,14 @@ def init(rng: int | Array, arch: str | ArchConfig, **overrides: Any) -> Params:
     cfg = get_config(arch, **overrides)
     if isinstance(rng, int):
         rng = jax.random.key(rng)
+    return Params(tree=_init_tree(cfg, rng), config=cfg)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_tree(cfg: ArchConfig, rng: Array) -> dict[str, Any]:
+    """Compiled initialisation (one XLA program instead of hundreds of eager ops)."""
     model = VideoEncoder(cfg, rngs=nnx.Rngs(params=rng))
-    tree = nnx.state(model, nnx.Param).to_pure_dict()
-    return Params(tree=tree, config=cfg)
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def _config_for(params: Params) -> ArchConfig:
@@ -172,7 +177,9 @@ def schedule(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("cfg", "sched", "method", "pool", "source", "return_saliency", "prop_attn", "dtype"),
+    static_argnames=(
+        "cfg", "sched", "method", "pool", "source", "return_saliency", "prop_attn", "dtype", "remat"
+    ),
 )
 def _forward(
     tree: dict[str, Any],
@@ -186,13 +193,14 @@ def _forward(
     return_saliency: bool,
     prop_attn: bool,
     dtype: Any = None,
+    remat: bool = False,
 ) -> dict[str, Any]:
     if dtype is not None:
         tree = jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
         video = video.astype(dtype)
     model = nnx.merge(_graphdef(cfg), tree)
     specs = tuple(MergeSpec(r, method, sched.protected, prop_attn) for r in sched.r)
-    return model(video, specs, pool=pool, source=source, collect_saliency=return_saliency)
+    return model(video, specs, pool=pool, source=source, collect_saliency=return_saliency, remat=remat)
 
 
 def apply(
@@ -206,6 +214,7 @@ def apply(
     return_saliency: bool = False,
     prop_attn: bool = True,
     dtype: Any = None,
+    remat: bool = False,
 ) -> Output:
     """Run a video encoder with token merging.
 
@@ -226,6 +235,7 @@ def apply(
       prop_attn: proportional attention (``log(size)`` bias); on in the official code.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are stored in float32 and cast inside
         the compiled function. Softmax, saliency and merge arithmetic stay in float32.
+      remat: rematerialise each block in the backward pass (saves memory when fine-tuning).
 
     Returns:
       :class:`Output`.
@@ -251,5 +261,6 @@ def apply(
         return_saliency=return_saliency,
         prop_attn=prop_attn,
         dtype=None if dtype is None else jnp.dtype(dtype),
+        remat=remat,
     )
     return Output(**out, schedule=sched)

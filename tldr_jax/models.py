@@ -29,7 +29,7 @@ import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from tldr_jax.configs import ArchConfig
 from tldr_jax.merge import (
@@ -100,7 +100,9 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, cfg: ArchConfig, *, rngs: nnx.Rngs):
         k = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
-        self.proj = nnx.Conv(cfg.in_chans, cfg.embed_dim, kernel_size=k, strides=k, padding="VALID", rngs=rngs)
+        self.proj = nnx.Conv(
+            cfg.in_chans, cfg.embed_dim, kernel_size=k, strides=k, padding="VALID", rngs=rngs
+        )
 
     def __call__(self, video: Array) -> Array:
         """``(B, T, H, W, C)`` -> ``(B, T' * H' * W', D)`` in (t, h, w) order."""
@@ -134,23 +136,42 @@ class Attention(nnx.Module):
 
         Returns:
           ``(out (B, N, D), aux or None)``.
+
+        Sequences longer than ``chunk_min_tokens`` (default 2048; the attribute may be set on the
+        class) are processed in static chunks of ``query_chunk`` (default 512) query rows, so no
+        ``(B, H, N, N)`` tensor is ever alive: every row still sums over all keys in the same order,
+        so the sharpness and the output do not depend on the chunking.
         """
         qkv = self.qkv(x)
         if hasattr(self, "q_bias"):
             zeros = jnp.zeros_like(self.v_bias[...])
             qkv = qkv + jnp.concatenate([self.q_bias[...], zeros, self.v_bias[...]]).astype(qkv.dtype)
         q, k, v = einops.rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        logits = jnp.einsum("bhnd,bhmd->bhnm", q * self.scale, k)
-        aux = None
-        if need == "sharpness":
+        q = q * self.scale
+        bias = None if log_size is None else log_size[:, None, None, :].astype(q.dtype)
+
+        def rows(q_rows: Array) -> tuple[Array, Array | None]:
+            # (B, H, C, Dh) queries -> ((B, H, C, Dh) attention output, (B, C) sharpness or None).
+            logits = jnp.einsum("bhnd,bhmd->bhnm", q_rows, k)
             probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
-            aux = sharpness_from_mean(jnp.mean(probs, axis=1))
-        elif need == "keys":
-            aux = jnp.mean(k, axis=1)
-        if log_size is not None:
-            logits = logits + log_size[:, None, None, :].astype(logits.dtype)
-        attn = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1).astype(v.dtype)
-        out = einops.rearrange(jnp.einsum("bhnm,bhmd->bhnd", attn, v), "b h n d -> b n (h d)")
+            sharp = sharpness_from_mean(jnp.mean(probs, axis=1)) if need == "sharpness" else None
+            if bias is not None:  # proportional attention; the sharpness is taken before the bias
+                probs = jax.nn.softmax((logits + bias).astype(acc_dtype(logits.dtype)), axis=-1)
+            return jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v), sharp
+
+        bsz, heads, n, dh = q.shape
+        chunk = int(getattr(self, "query_chunk", 512))
+        if n <= int(getattr(self, "chunk_min_tokens", 2048)) or chunk >= n:
+            out, sharp = rows(q)
+        else:
+            num = -(-n // chunk)  # static chunk count; the padded query rows are dropped below
+            q_pad = jnp.pad(q, ((0, 0), (0, 0), (0, num * chunk - n), (0, 0)))
+            q_chunks = jnp.moveaxis(q_pad.reshape(bsz, heads, num, chunk, dh), 2, 0)
+            out, sharp = jax.lax.map(jax.checkpoint(rows), q_chunks)  # (num, B, H, C, Dh), (num, B, C)
+            out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
+            sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
+        aux = sharp if need == "sharpness" else jnp.mean(k, axis=1) if need == "keys" else None
+        out = einops.rearrange(out, "b h n d -> b n (h d)")
         return self.proj(out), aux
 
 
@@ -184,7 +205,7 @@ class MergeSpec:
     prop_attn: bool = True
 
 
-@dataclasses.dataclass
+@struct.dataclass
 class TokenState:
     """What flows between blocks besides the tokens.
 
@@ -294,6 +315,7 @@ class VideoEncoder(nnx.Module):
         pool: Literal["mean", "weighted"] = "mean",
         source: Literal[None, "dense", "origin"] = None,
         collect_saliency: bool = False,
+        remat: bool = False,
     ) -> dict[str, object]:
         """Run the encoder.
 
@@ -304,6 +326,8 @@ class VideoEncoder(nnx.Module):
           source: track the source map densely (official ``(B, N, N0)``), as an O(N)
             :class:`~tldr_jax.merge.TokenOrigin`, or not at all.
           collect_saliency: keep each merging layer's ``(B, N_l)`` saliency.
+          remat: rematerialise each block in the backward pass (``jax.checkpoint``). The merge
+            indices are recomputed from the same inputs, so the recomputation is exact.
 
         Returns:
           dict with ``tokens (B, N', D)``, ``pooled (B, D)``, ``size (B, N', 1)``, ``logits``,
@@ -318,7 +342,10 @@ class VideoEncoder(nnx.Module):
             src = identity_origin(bsz, n0)
         state = TokenState(None, src, [] if collect_saliency else None)
         for block, spec in zip(self.blocks(), specs):
-            x, state = block(x, state, spec)
+            if remat:
+                x, state = _remat_block(block, x, state, spec)
+            else:
+                x, state = block(x, state, spec)
         tokens = self.norm(x) if self.cfg.final_norm else x
         size = state.size if state.size is not None else jnp.ones(x.shape[:2] + (1,), acc_dtype(x.dtype))
         pooled = self.pool(tokens, state.size, pool)
@@ -333,3 +360,14 @@ class VideoEncoder(nnx.Module):
             "source": state.source,
             "saliency": tuple(state.saliency) if state.saliency is not None else None,
         }
+
+
+def _remat_block(block: Block, x: Array, state: TokenState, spec: MergeSpec) -> tuple[Array, TokenState]:
+    """Run ``block`` under ``jax.checkpoint`` (activations recomputed in the backward pass)."""
+    graphdef, params = nnx.split(block)
+
+    @jax.checkpoint
+    def run(params, x, state):
+        return nnx.merge(graphdef, params)(x, state, spec)
+
+    return run(params, x, state)

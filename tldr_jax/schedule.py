@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
 from tldr_jax.merge import resolve_r
 
-RSpec = Union[int, float, str, Sequence[Union[int, float]], None]
+RSpec = int | float | str | Sequence[int | float] | None
 
 # Per-dataset schedules released with vid-TLDR (README of mlvlab/vid-TLDR), tokens removed per layer.
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {

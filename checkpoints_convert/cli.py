@@ -1,0 +1,72 @@
+"""``python -m checkpoints_convert SRC OUT``: convert a checkpoint, print one summary line.
+
+Exit status: 0 on success, 1 when the conversion fails (the message, no traceback, on stderr),
+2 for bad command-line usage, 130 when interrupted. Nothing is left at OUT after a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from checkpoints_convert.errors import ConversionError
+from checkpoints_convert.formats import FORMATS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m checkpoints_convert",
+        description=(
+            "Convert an official UMT / vid-TLDR .pth, an original VideoMAE fine-tuned .pth, a Hugging Face "
+            "VideoMAE / ViViT model directory, or hf:ORG/NAME into a tldr_jax checkpoint directory."
+        ),
+    )
+    p.add_argument("src", help="checkpoint file, Hugging Face model directory, or hf:ORG/NAME")
+    p.add_argument("out", help="output checkpoint directory (must not exist unless --overwrite)")
+    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMATS], help="source layout")
+    p.add_argument("--arch", help="config name to record (presets are looked up under it)")
+    p.add_argument("--num-heads", type=int, help="attention heads (default: width // 64; 16 for width 1280)")
+    p.add_argument("--num-frames", type=int, help="frames the model runs on (default: UMT 12, VideoMAE 16)")
+    p.add_argument("--img-size", type=int, help="input height = width in pixels (default 224)")
+    p.add_argument("--num-classes", type=int, help="expected classifier size; 0 drops the classifier")
+    p.add_argument("--ckpt-num-frames", type=int, help="frames the UMT sinusoid table was trained with")
+    p.add_argument(
+        "--ignore", action="append", default=[], metavar="REGEX", help="drop matching keys explicitly"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the converter; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from checkpoints_convert.core import convert_detailed  # heavy imports after argument parsing
+    from tldr_jax.checkpoint import CheckpointError
+
+    try:
+        conv = convert_detailed(
+            args.src,
+            args.out,
+            fmt=args.fmt,
+            overwrite=args.overwrite,
+            arch=args.arch,
+            num_heads=args.num_heads,
+            num_frames=args.num_frames,
+            img_size=args.img_size,
+            num_classes=args.num_classes,
+            ckpt_num_frames=args.ckpt_num_frames,
+            ignore=tuple(args.ignore),
+            progress=False if args.no_progress else None,
+            verbose=not args.quiet,
+        )
+    except (ConversionError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    print(conv.summary())
+    return 0

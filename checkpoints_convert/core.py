@@ -1,0 +1,415 @@
+"""Conversion driver: state dict -> :class:`~tldr_jax.api.Params`, and file -> checkpoint directory."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from checkpoints_convert import formats, readers
+from checkpoints_convert.errors import ConversionError
+from checkpoints_convert.rules import Mapped, apply_table
+from tldr_jax.api import Params
+from tldr_jax.checkpoint import expected_shapes, save, unflatten_tree
+from tldr_jax.configs import ArchConfig
+from tldr_jax.models import sinusoid_table
+
+AUTO_PROGRESS_BYTES = 256 << 20  # show a progress bar by default above this size (on a terminal)
+SINCOS_ATOL = 1e-4  # a stored pos_embed within this of the recomputed table is the fixed table
+REPORT_LIMIT = 20
+
+
+@dataclasses.dataclass
+class Conversion:
+    """A finished conversion.
+
+    Attributes:
+      params: the converted :class:`~tldr_jax.api.Params`.
+      format: the source format id (see :data:`checkpoints_convert.formats.FORMATS`).
+      origin: the source file / directory / ``hf:`` name.
+      num_tensors: tensors in the source state dict.
+      dropped: drop-group description -> dropped source keys.
+      notes: other things the conversion decided (verified/synthesised entries, ...).
+      out: the checkpoint directory written, when converting to disk.
+    """
+
+    params: Params
+    format: str
+    origin: str
+    num_tensors: int
+    dropped: dict[str, list[str]]
+    notes: list[str]
+    out: Path | None = None
+
+    def summary(self) -> str:
+        """One line: source, format, architecture, size and destination."""
+        cfg = self.params.config
+        parts = [
+            cfg.family,
+            f"depth {cfg.depth}",
+            f"width {cfg.embed_dim}",
+            f"{cfg.num_heads} heads",
+            f"{cfg.num_frames} frames @ {cfg.img_size}px",
+            f"{self.params.num_params() / 1e6:.2f}M params",
+        ]
+        if cfg.num_classes:
+            parts.append(f"{cfg.num_classes} classes")
+        if cfg.vision_proj_dim:
+            parts.append(f"vision_proj {cfg.vision_proj_dim}")
+        n_dropped = sum(len(v) for v in self.dropped.values())
+        dest = f" -> {self.out}" if self.out is not None else ""
+        return (
+            f"converted {self.origin} ({self.format}, {self.num_tensors} tensors, {n_dropped} dropped)"
+            f"{dest}: {cfg.name} [{', '.join(parts)}]"
+        )
+
+    def report_lines(self) -> list[str]:
+        """What was dropped and decided, one line each (printed unless ``verbose=False``)."""
+        lines = [f"dropped {len(keys)} tensor(s): {group}" for group, keys in self.dropped.items()]
+        return lines + [f"note: {n}" for n in self.notes]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers.
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_dict(hf_config: Any) -> dict[str, Any] | None:
+    if hf_config is None or isinstance(hf_config, dict):
+        return hf_config
+    if hasattr(hf_config, "to_dict"):
+        return hf_config.to_dict()
+    raise TypeError(f"hf_config must be a dict or a transformers config; got {type(hf_config).__name__}.")
+
+
+def _progress_fn(
+    enabled: bool | None, state: Mapping[str, Any]
+) -> Callable[[Iterable[str]], Iterable[str]] | None:
+    if enabled is None:
+        total = sum(int(np.prod(np.shape(v))) * 4 for v in state.values())
+        enabled = sys.stderr.isatty() and total >= AUTO_PROGRESS_BYTES
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return functools.partial(tqdm, total=len(state), desc="converting", unit="tensor", leave=False)
+
+
+def _ignore_rules(patterns: Iterable[str], names: Mapping[str, str], origin: str) -> list[tuple[str, str]]:
+    """User ``--ignore`` regexes (matched against original and normalised keys) -> exact drop rules."""
+    out = []
+    for pattern in patterns:
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise ConversionError(f"--ignore {pattern!r} is not a valid regular expression: {e}") from e
+        hits = [k for k, orig in names.items() if rx.match(orig) or rx.match(k)]
+        if not hits:
+            raise ConversionError(f"--ignore {pattern!r} matches no key of {origin}; check the pattern.")
+        out.extend((re.escape(k) + "$", f"matched --ignore {pattern!r}") for k in hits)
+    return out
+
+
+def _head_rules(
+    fmt: formats.Format, state: Mapping[str, Any], opts: formats.Options
+) -> list[tuple[str, str]]:
+    if opts.num_classes != 0:
+        return []
+    return [
+        (re.escape(k) + "$", "classifier head (removed by num_classes=0)")
+        for k in fmt.head_keys
+        if k in state
+    ]
+
+
+def _verify_sincos(pos: Any, origin: str, notes: list[str], cfg: ArchConfig) -> None:
+    """Check a stored VideoMAE ``pos_embed (1, N, D)`` is the fixed sinusoid table tldr_jax recomputes."""
+    arr = readers.to_numpy(pos, "pos_embed")
+    if arr.ndim != 3 or arr.shape[0] != 1:
+        raise ConversionError(f"{origin}: pos_embed has shape {arr.shape}; expected (1, N, D).")
+    _, n, d = arr.shape
+    dev = float(np.max(np.abs(arr[0] - sinusoid_table(n, d))))
+    if dev > SINCOS_ATOL:
+        raise ConversionError(
+            f"{origin}: pos_embed is not the fixed sinusoid table (max deviation {dev:.3g}): learned "
+            "position embeddings are not supported for VideoMAE-style models. Drop it with "
+            "--ignore pos_embed only if you know the model used the sinusoid table."
+        )
+    notes.append(f"pos_embed verified as the fixed sinusoid table for {n} tokens (max deviation {dev:.1e})")
+    if n != cfg.num_patches:
+        notes.append(
+            f"pos_embed was made for {n} tokens; the model runs on {cfg.num_patches} tokens "
+            "(the table is recomputed, as the official code does when the size changes)"
+        )
+
+
+def _synthesise_pool_norm(
+    fmt: formats.Format, state: Mapping[str, Any], mapped: Mapped, cfg: ArchConfig, notes: list[str]
+) -> None:
+    """HF ``VideoMAEModel`` has no ``fc_norm``: fill ``pool_norm`` with a unit affine, and say so."""
+    bare = fmt.name == "hf_videomae" and "fc_norm.weight" not in state and "classifier.weight" not in state
+    if not bare or "pool_norm/scale" in mapped.arrays:
+        return
+    mapped.arrays["pool_norm/scale"] = np.ones((cfg.embed_dim,), np.float32)
+    mapped.arrays["pool_norm/bias"] = np.zeros((cfg.embed_dim,), np.float32)
+    mapped.sources["pool_norm/scale"] = mapped.sources["pool_norm/bias"] = ("(synthesised)",)
+    notes.append(
+        "VideoMAEModel has no fc_norm: pool_norm set to scale 1, bias 0 (out.tokens equal HF "
+        "last_hidden_state; out.pooled is LayerNorm(mean) without a learned affine)"
+    )
+
+
+def _display_prefix(names: Mapping[str, str]) -> str:
+    """The prefix most source keys carried before normalisation (for naming missing keys)."""
+    counts = collections.Counter(orig[: len(orig) - len(k)] for k, orig in names.items())
+    return counts.most_common(1)[0][0] if counts else ""
+
+
+def _section(title: str, items: list[str]) -> list[str]:
+    if not items:
+        return []
+    lines = [f"{title} ({len(items)}):", *(f"  {x}" for x in items[:REPORT_LIMIT])]
+    if len(items) > REPORT_LIMIT:
+        lines.append(f"  ... and {len(items) - REPORT_LIMIT} more")
+    return lines
+
+
+def _check_complete(
+    fmt: formats.Format,
+    mapped: Mapped,
+    cfg: ArchConfig,
+    names: Mapping[str, str],
+    state: Mapping[str, Any],
+    origin: str,
+) -> None:
+    """Every source key mapped or dropped, every target filled with the right shape; else raise."""
+    expected = expected_shapes(cfg)
+    prefix = _display_prefix(names)
+
+    def src(key: str) -> str:
+        return names.get(key, prefix + key)
+
+    missing = []
+    for target in expected:
+        if target in mapped.arrays:
+            continue
+        keys = mapped.incomplete.get(target) or [k for k, _ in fmt.table.sources_for(target)]
+        missing.append(f"{' + '.join(src(k) for k in keys) or '?'} -> {target}")
+    unexpected = [f"{src(k)} {tuple(np.shape(state[k]))}" for k in mapped.unexpected]
+    unexpected += [
+        f"{' + '.join(src(k) for k in mapped.sources[t])} -> {t} (not used by {cfg.name})"
+        for t in mapped.arrays
+        if t not in expected
+    ]
+    mismatched = [
+        f"{' + '.join(f'{src(k)} {tuple(np.shape(state[k]))}' for k in mapped.sources[t])} -> {t}: "
+        f"converted {tuple(mapped.arrays[t].shape)}, {cfg.name} expects {expected[t]}"
+        for t in expected
+        if t in mapped.arrays and tuple(mapped.arrays[t].shape) != expected[t]
+    ]
+    mismatched += [f"{src(k)} {tuple(np.shape(state[k]))}: {why}" for k, why in mapped.bad]
+    duplicates = [f"{src(a)} and {src(b)} both fill {t}" for t, a, b in mapped.duplicates]
+    if not (missing or unexpected or mismatched or duplicates):
+        return
+    lines = [f"cannot convert {origin} ({fmt.description}) to {cfg.name}:"]
+    lines += _section("Missing source keys", missing)
+    lines += _section("Unexpected source keys", unexpected)
+    lines += _section("Shape mismatches", mismatched)
+    lines += _section("Duplicate keys", duplicates)
+    fixes = []
+    if missing:
+        fixes.append(
+            "the checkpoint lacks weights: it is truncated/incomplete (re-download or re-export it) or "
+            "not of this layout (force another with --format)"
+        )
+    if unexpected:
+        fixes.append(
+            "unused weights are never dropped silently: if they are not needed, drop them explicitly "
+            "with --ignore REGEX"
+        )
+    if mismatched:
+        fixes.append(
+            "shapes disagree with the inferred architecture: check --num-frames / --img-size (learned "
+            "position embeddings) and that the file is not corrupt"
+        )
+    if duplicates:
+        fixes.append("keep one copy of each weight")
+    lines.append("Fix: " + "; ".join(fixes) + ".")
+    raise ConversionError("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry points.
+# --------------------------------------------------------------------------------------------------
+
+
+def convert_state_dict_detailed(
+    state_dict: Mapping[str, Any],
+    fmt: str = "auto",
+    *,
+    hf_config: Any = None,
+    origin: str = "<state dict>",
+    arch: str | None = None,
+    num_heads: int | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+    num_classes: int | None = None,
+    ckpt_num_frames: int | None = None,
+    ignore: Iterable[str] = (),
+    config_overrides: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    verbose: bool = True,
+) -> Conversion:
+    """Like :func:`convert_state_dict`, returning a :class:`Conversion` (params, drops, notes)."""
+    hf = _as_dict(hf_config)
+    raw = formats.unwrap_state_dict(state_dict, origin)
+    name = formats.detect_format(raw.keys(), hf) if fmt == "auto" else fmt
+    if name not in formats.FORMATS:
+        raise ConversionError(f"unknown format {fmt!r}; use 'auto' or one of {', '.join(formats.FORMATS)}.")
+    spec = formats.FORMATS[name]
+    names = formats.normalise_keys(spec, raw.keys(), origin)
+    state = {k: raw[orig] for k, orig in names.items()}
+    opts = formats.Options(
+        arch=arch,
+        num_heads=num_heads,
+        num_frames=num_frames,
+        img_size=img_size,
+        num_classes=num_classes,
+        ckpt_num_frames=ckpt_num_frames,
+        config_overrides=tuple((config_overrides or {}).items()),
+    )
+    cfg, labels = formats.infer_config(spec, state, hf, opts, origin)
+    user_drops = _ignore_rules(ignore, names, origin)
+    mapped = _apply(spec, state, names, user_drops + _head_rules(spec, state, opts), progress)
+    notes: list[str] = []
+    skip_check = any(re.match(p, "pos_embed") for p, _ in user_drops)
+    if name == "videomae_pth" and "pos_embed" in state and not skip_check:
+        _verify_sincos(state["pos_embed"], origin, notes, cfg)
+    _synthesise_pool_norm(spec, state, mapped, cfg, notes)
+    _check_complete(spec, mapped, cfg, names, state, origin)
+    if hf is not None and cfg.num_classes and labels is None:
+        notes.append("config.json id2label does not cover the classifier: labels not stored")
+    order = expected_shapes(cfg)
+    tree = unflatten_tree({p: jnp.asarray(mapped.arrays[p]) for p in order})
+    dropped = {g: [names[k] for k in keys] for g, keys in mapped.dropped.items()}
+    conv = Conversion(Params(tree=tree, config=cfg, labels=labels), name, origin, len(raw), dropped, notes)
+    if verbose:
+        for line in conv.report_lines():
+            print(line)
+    return conv
+
+
+def _apply(
+    spec: formats.Format,
+    state: Mapping[str, Any],
+    names: Mapping[str, str],
+    extra: list[tuple[str, str]],
+    progress: bool | None,
+) -> Mapped:
+    """Run the format's rename table over ``state`` (tensors become float32 numpy on the way)."""
+    return apply_table(
+        spec.table,
+        state,
+        extra_ignore=extra,
+        to_array=lambda k, v: readers.to_numpy(v, names[k]),
+        progress=_progress_fn(progress, state),
+    )
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], fmt: str = "auto", **options: Any) -> Params:
+    """Convert an in-memory PyTorch state dict to :class:`~tldr_jax.api.Params`.
+
+    Args:
+      state_dict: ``{name: tensor}`` (torch tensors or arrays), optionally wrapped as
+        ``{"model": {...}}`` / ``{"module": {...}}``; ``module.`` prefixes are stripped.
+      fmt: ``"auto"`` or one of ``"umt"``, ``"videomae_pth"``, ``"hf_videomae"``, ``"hf_vivit"``.
+      **options: ``hf_config`` (dict or transformers config; required for HF formats), ``arch``,
+        ``num_heads``, ``num_frames``, ``img_size``, ``num_classes`` (0 drops the head),
+        ``ckpt_num_frames``, ``ignore`` (regexes of keys to drop explicitly), ``config_overrides``
+        (other ArchConfig fields), ``progress`` (tqdm bar; None: auto), ``verbose`` (print drops
+        and notes; default True), ``origin`` (name used in messages).
+
+    Returns:
+      :class:`~tldr_jax.api.Params`; parameters are float32 ``(t, p, p, C, D)`` conv kernels,
+      ``(in, out)`` dense kernels, as documented in :mod:`tldr_jax.models`.
+
+    Raises:
+      ConversionError: unknown layout, missing / unexpected / mis-shaped keys, unsupported options.
+    """
+    return convert_state_dict_detailed(state_dict, fmt, **options).params
+
+
+def _provenance(source: readers.Source, conv: Conversion, options: Mapping[str, Any]) -> dict[str, Any]:
+    files = [
+        {"name": f.name, "sha256": readers.sha256_file(f), "bytes": f.stat().st_size} for f in source.files
+    ]
+    used = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in options.items() if v is not None}
+    used.pop("verbose", None)
+    used.pop("progress", None)
+    return {
+        "source": {
+            "converter": "checkpoints_convert",
+            "format": conv.format,
+            "path": source.label,
+            "files": files,
+            "options": used,
+            "dropped": {g: len(k) for g, k in conv.dropped.items()},
+            "notes": conv.notes,
+        }
+    }
+
+
+def convert_detailed(
+    src: str | Path, out: str | Path, *, fmt: str = "auto", overwrite: bool = False, **options: Any
+) -> Conversion:
+    """Like :func:`convert`, returning the :class:`Conversion`."""
+    out_path = Path(out).expanduser().absolute()
+    if out_path.exists() and not overwrite:
+        raise ConversionError(
+            f"{out_path} already exists; pass --overwrite (overwrite=True) to replace it, or choose "
+            "another output path."
+        )
+    source = readers.read_source(src)
+    conv = convert_state_dict_detailed(
+        source.state, fmt, hf_config=source.hf_config, origin=source.label, **options
+    )
+    metadata = _provenance(source, conv, options)
+    try:
+        save(conv.params, out_path, metadata=metadata, overwrite=overwrite)
+    except FileExistsError as e:
+        raise ConversionError(str(e)) from e
+    except OSError as e:
+        raise ConversionError(f"cannot write {out_path}: {e}") from e
+    conv.out = out_path
+    return conv
+
+
+def convert(src: str | Path, out: str | Path, **options: Any) -> Params:
+    """Convert a checkpoint file / HF model directory / ``hf:ORG/NAME`` into a tldr_jax checkpoint.
+
+    The output is written atomically with :func:`tldr_jax.checkpoint.save`; on any error nothing is
+    left at ``out`` (and an existing ``out`` is untouched).
+
+    Args:
+      src: a ``.pth`` / ``.bin`` / ``.safetensors`` file, a Hugging Face model directory
+        (``config.json`` + weights) or ``"hf:ORG/NAME"``.
+      out: the checkpoint directory to create.
+      **options: ``fmt`` (default ``"auto"``), ``overwrite`` and everything
+        :func:`convert_state_dict` accepts.
+
+    Returns:
+      The converted :class:`~tldr_jax.api.Params` (also loadable with ``tldr_jax.checkpoint.load``).
+
+    Raises:
+      ConversionError: unreadable / truncated / non-checkpoint source, unknown architecture,
+        missing / unexpected / mis-shaped keys, or an existing ``out`` without ``overwrite``.
+    """
+    return convert_detailed(src, out, **options).params

@@ -1,0 +1,507 @@
+"""Source formats: detection, key normalisation and architecture inference.
+
+=================  ===================================================================================
+``umt``            official UMT / vid-TLDR vision encoder: ``encoder.*`` + ``pool_norm.*`` (bare
+                   ``PretrainVisionTransformer``) or a full UMT checkpoint (``vision_encoder.``
+                   prefix, top-level ``vision_proj``, CLIP teacher / text tower dropped).
+``videomae_pth``   original VideoMAE / UMT single-modality fine-tuned model: ``patch_embed``,
+                   ``blocks.{i}``, ``fc_norm``, ``head`` and an optional sinusoid ``pos_embed``.
+``hf_videomae``    Hugging Face ``VideoMAEForVideoClassification`` / ``VideoMAEModel``.
+``hf_vivit``       Hugging Face ``VivitForVideoClassification`` / ``VivitModel``.
+=================  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from checkpoints_convert import rules
+from checkpoints_convert.errors import ConversionError
+from tldr_jax.configs import ARCHS, ArchConfig
+
+WRAPPER_KEYS = ("model", "module", "state_dict", "model_state", "model_state_dict", "net")
+DDP_PREFIX = "module."
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """A supported source layout.
+
+    Attributes:
+      name: format id (``--format``).
+      description: one line for messages.
+      family: the ``ArchConfig.family`` it produces.
+      table: the rename table.
+      prefixes: key prefixes stripped (once, in order) before matching the table.
+      head_keys: the classifier's source keys (dropped when ``num_classes=0`` is forced).
+    """
+
+    name: str
+    description: str
+    family: str
+    table: rules.Table
+    prefixes: tuple[str, ...] = ()
+    head_keys: tuple[str, ...] = ()
+
+
+FORMATS: dict[str, Format] = {
+    "umt": Format("umt", "official UMT / vid-TLDR vision encoder", "umt", rules.UMT, ("vision_encoder.",)),
+    "videomae_pth": Format(
+        "videomae_pth",
+        "original VideoMAE / UMT single-modality fine-tuned model",
+        "videomae",
+        rules.VIDEOMAE_PTH,
+        (),
+        ("head.weight", "head.bias"),
+    ),
+    "hf_videomae": Format(
+        "hf_videomae",
+        "Hugging Face VideoMAE",
+        "videomae",
+        rules.HF_VIDEOMAE,
+        ("videomae.",),
+        ("classifier.weight", "classifier.bias"),
+    ),
+    "hf_vivit": Format(
+        "hf_vivit",
+        "Hugging Face ViViT",
+        "vivit",
+        rules.HF_VIVIT,
+        ("vivit.",),
+        ("classifier.weight", "classifier.bias"),
+    ),
+}
+HF_MODEL_TYPES = {"videomae": "hf_videomae", "vivit": "hf_vivit"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Unwrapping, normalising and detecting.
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_tensor_like(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def unwrap_state_dict(obj: Any, origin: str) -> Mapping[str, Any]:
+    """Peel ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}`` wrappers.
+
+    Raises:
+      ConversionError: ``obj`` is not a mapping of tensors (after unwrapping).
+    """
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            raise ConversionError(
+                f"{origin} does not hold a state dict (a mapping of tensor names to tensors); it holds a "
+                f"{type(obj).__name__}. Save the model's state_dict() and convert that."
+            )
+        if obj and all(_is_tensor_like(v) for v in obj.values()):
+            return obj
+        inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = obj[inner]
+    keys = list(obj)[:8] if isinstance(obj, Mapping) else []
+    bad = [k for k in keys if not _is_tensor_like(obj[k])]
+    raise ConversionError(
+        f"{origin} is not a state dict of weights: top-level keys {keys} "
+        f"({', '.join(map(repr, bad))} not tensors) and no wrapper key among {WRAPPER_KEYS}. "
+        "Pass the model's state_dict() (or a checkpoint wrapping it under 'model'/'module')."
+    )
+
+
+def strip_ddp(keys: Iterable[str]) -> dict[str, str]:
+    """``{key without leading "module." prefixes: original key}``."""
+    out: dict[str, str] = {}
+    for key in keys:
+        short = key
+        while short.startswith(DDP_PREFIX):
+            short = short[len(DDP_PREFIX) :]
+        out[short] = key
+    return out
+
+
+def normalise_keys(fmt: Format, keys: Iterable[str], origin: str) -> dict[str, str]:
+    """``{normalised key: original key}``: ``module.`` and the format's prefixes stripped."""
+    out: dict[str, str] = {}
+    for short, original in strip_ddp(keys).items():
+        for prefix in fmt.prefixes:
+            if short.startswith(prefix):
+                short = short[len(prefix) :]
+                break
+        if short in out:
+            raise ConversionError(
+                f"{origin} holds both {out[short]!r} and {original!r}, which name the same weight; "
+                "keep only one of them."
+            )
+        out[short] = original
+    return out
+
+
+def detect_format(keys: Iterable[str], hf_config: Mapping[str, Any] | None = None) -> str:
+    """Guess the source format from the (DDP-stripped) key names and an optional HF config.
+
+    Raises:
+      ConversionError: unknown architecture.
+    """
+    keys = list(strip_ddp(keys))
+    if hf_config is not None:
+        model_type = hf_config.get("model_type")
+        if model_type in HF_MODEL_TYPES:
+            return HF_MODEL_TYPES[model_type]
+        raise ConversionError(
+            f"unsupported Hugging Face model_type {model_type!r}; supported: "
+            f"{', '.join(sorted(HF_MODEL_TYPES))}."
+        )
+
+    def has(*prefixes: str) -> bool:
+        return any(k.startswith(prefixes) for k in keys)
+
+    if has("encoder.patch_embed.", "encoder.blocks.", "vision_encoder.encoder."):
+        return "umt"
+    if has("patch_embed.proj.", "blocks.0."):
+        return "videomae_pth"
+    if has("videomae.", "vivit.", "embeddings.patch_embeddings."):
+        raise ConversionError(
+            "these look like Hugging Face weights, which need their config.json: pass the model "
+            "directory (config.json + model.safetensors), or hf_config=... to convert_state_dict."
+        )
+    sample = ", ".join(keys[:6]) or "(no keys)"
+    raise ConversionError(
+        f"unknown architecture: no known key layout among {sample}{', ...' if len(keys) > 6 else ''}. "
+        f"Supported: {', '.join(f'{f.name} ({f.description})' for f in FORMATS.values())}."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture inference.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """User options that complete or override what the weights say.
+
+    Attributes:
+      arch: force the config name (presets are looked up under it).
+      num_heads: attention heads (not recoverable from weights; default width // 64, 16 for 1280).
+      num_frames, img_size: input size the model runs on.
+      num_classes: expected classifier size; 0 drops the head explicitly.
+      ckpt_num_frames: frames the sinusoid table was made for (UMT temporal interpolation).
+      config_overrides: any other ``ArchConfig`` fields to set.
+    """
+
+    arch: str | None = None
+    num_heads: int | None = None
+    num_frames: int | None = None
+    img_size: int | None = None
+    num_classes: int | None = None
+    ckpt_num_frames: int | None = None
+    config_overrides: tuple[tuple[str, Any], ...] = ()
+
+
+FAMILY_BASE = {"umt": ARCHS["umt_b16"], "videomae": ARCHS["videomae_b"], "vivit": ARCHS["vivit_b"]}
+
+
+def default_num_heads(width: int) -> int:
+    """Heads for a width when the checkpoint cannot say: head_dim 64 (16 heads for ViT-H's 1280)."""
+    return 16 if width == 1280 else max(1, width // 64)
+
+
+def infer_arch_name(family: str, width: int, depth: int) -> str:
+    """The named :data:`~tldr_jax.configs.ARCHS` entry of this family, width and depth, else a
+    descriptive name such as ``"umt_w64_d3"``."""
+    for name, cfg in ARCHS.items():
+        if cfg.family == family and cfg.embed_dim == width and cfg.depth == depth:
+            return name
+    return f"{family}_w{width}_d{depth}"
+
+
+def _shape(state: Mapping[str, np.ndarray], key: str, origin: str, what: str) -> tuple[int, ...]:
+    if key not in state:
+        raise ConversionError(
+            f"cannot infer the architecture of {origin}: key {key!r} ({what}) is missing. The checkpoint "
+            "is incomplete or not of this format (force one with --format)."
+        )
+    return tuple(np.shape(state[key]))
+
+
+def _depth(state: Mapping[str, np.ndarray], prefix: str) -> int:
+    indices = set()
+    for key in state:
+        if key.startswith(prefix):
+            head = key[len(prefix) :].split(".", 1)[0]
+            if head.isdigit():
+                indices.add(int(head))
+    return max(indices) + 1 if indices else 0
+
+
+def _patch_fields(shape: tuple[int, ...], key: str, origin: str) -> dict[str, int]:
+    if len(shape) != 5 or shape[3] != shape[4]:
+        raise ConversionError(
+            f"{origin}: {key} has shape {shape}; expected a Conv3d weight (D, C, t, p, p) with square "
+            "patches."
+        )
+    d, c, t, p, _ = shape
+    return {"embed_dim": d, "in_chans": c, "tubelet_size": t, "patch_size": p}
+
+
+def _qkv_bias_kind(state: Mapping[str, Any], block: str) -> str:
+    if f"{block}.attn.q_bias" in state or f"{block}.attn.v_bias" in state:
+        return "qv"
+    return "qkv" if f"{block}.attn.qkv.bias" in state else "none"
+
+
+def _umt_fields(state: Mapping[str, np.ndarray], origin: str) -> dict[str, Any]:
+    key = "encoder.patch_embed.proj.weight"
+    fields = _patch_fields(_shape(state, key, origin, "patch embedding"), key, origin)
+    fc1 = _shape(state, "encoder.blocks.0.mlp.fc1.weight", origin, "first MLP layer")
+    fields.update(
+        depth=_depth(state, "encoder.blocks."),
+        mlp_dim=fc1[0],
+        qkv_bias=_qkv_bias_kind(state, "encoder.blocks.0"),
+        norm_eps=1e-6,
+        final_norm=True,
+        pool="mean",
+        pool_norm_eps=1e-6,
+        num_classes=0,
+    )
+    if "vision_proj.weight" in state:
+        fields["vision_proj_dim"] = int(np.shape(state["vision_proj.weight"])[0])
+    return fields
+
+
+def _videomae_pth_fields(state: Mapping[str, np.ndarray], origin: str) -> dict[str, Any]:
+    key = "patch_embed.proj.weight"
+    fields = _patch_fields(_shape(state, key, origin, "patch embedding"), key, origin)
+    fc1 = _shape(state, "blocks.0.mlp.fc1.weight", origin, "first MLP layer")
+    if "fc_norm.weight" not in state and "norm.weight" in state:
+        raise ConversionError(
+            f"{origin} has a final 'norm' and no 'fc_norm': a use_mean_pooling=False model, which "
+            "tldr_jax does not support (it pools with fc_norm(mean of tokens))."
+        )
+    fields.update(
+        depth=_depth(state, "blocks."),
+        mlp_dim=fc1[0],
+        qkv_bias=_qkv_bias_kind(state, "blocks.0"),
+        norm_eps=1e-6,  # modeling_finetune builds every norm with partial(nn.LayerNorm, eps=1e-6)
+        final_norm=False,
+        pool="mean",
+        pool_norm_eps=1e-6,
+        num_classes=int(np.shape(state["head.weight"])[0]) if "head.weight" in state else 0,
+    )
+    return fields
+
+
+# Class defaults of the HF configs: save_pretrained may omit values equal to them.
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "videomae": {
+        "image_size": 224,
+        "patch_size": 16,
+        "num_channels": 3,
+        "num_frames": 16,
+        "tubelet_size": 2,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "qkv_bias": True,
+        "use_mean_pooling": True,
+    },
+    "vivit": {
+        "image_size": 224,
+        "num_frames": 32,
+        "tubelet_size": [2, 16, 16],
+        "num_channels": 3,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_act": "gelu_fast",
+        "layer_norm_eps": 1e-6,
+        "qkv_bias": True,
+    },
+}
+GELU_APPROXIMATE = {"gelu": False, "gelu_fast": True, "gelu_new": True, "gelu_pytorch_tanh": True}
+
+
+def _hf_get(hf: Mapping[str, Any], model_type: str, key: str) -> Any:
+    return hf[key] if key in hf else HF_DEFAULTS[model_type][key]
+
+
+def _square(value: Any, name: str, origin: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConversionError(f"{origin}: non-square {name} {list(value)} is not supported.")
+        value = value[0]
+    return int(value)
+
+
+def _hf_common(hf: Mapping[str, Any], model_type: str, origin: str) -> dict[str, Any]:
+    act = _hf_get(hf, model_type, "hidden_act")
+    if act not in GELU_APPROXIMATE:
+        raise ConversionError(
+            f"{origin}: hidden_act {act!r} is not supported; tldr_jax supports "
+            f"{', '.join(sorted(GELU_APPROXIMATE))}."
+        )
+    return {
+        "img_size": _square(_hf_get(hf, model_type, "image_size"), "image_size", origin),
+        "num_frames": int(_hf_get(hf, model_type, "num_frames")),
+        "in_chans": int(_hf_get(hf, model_type, "num_channels")),
+        "embed_dim": int(_hf_get(hf, model_type, "hidden_size")),
+        "depth": int(_hf_get(hf, model_type, "num_hidden_layers")),
+        "num_heads": int(_hf_get(hf, model_type, "num_attention_heads")),
+        "mlp_dim": int(_hf_get(hf, model_type, "intermediate_size")),
+        "norm_eps": float(_hf_get(hf, model_type, "layer_norm_eps")),
+        "gelu_approximate": GELU_APPROXIMATE[act],
+    }
+
+
+def _hf_videomae_fields(hf: Mapping[str, Any], state: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    if not _hf_get(hf, "videomae", "use_mean_pooling"):
+        raise ConversionError(
+            f"{origin}: use_mean_pooling=False VideoMAE models (final layernorm + first token) are not "
+            "supported; tldr_jax pools with fc_norm(mean of tokens)."
+        )
+    qv = hf["qv_bias"] if "qv_bias" in hf else _hf_get(hf, "videomae", "qkv_bias")  # renamed in v5
+    fields = _hf_common(hf, "videomae", origin)
+    fields.update(
+        patch_size=_square(_hf_get(hf, "videomae", "patch_size"), "patch_size", origin),
+        tubelet_size=int(_hf_get(hf, "videomae", "tubelet_size")),
+        qkv_bias="qv" if qv else "none",
+        final_norm=False,
+        pool="mean",
+        pool_norm_eps=1e-5,  # VideoMAEForVideoClassification.fc_norm = nn.LayerNorm(hidden) (eps 1e-5)
+        num_classes=int(np.shape(state["classifier.weight"])[0]) if "classifier.weight" in state else 0,
+    )
+    return fields
+
+
+def _hf_vivit_fields(hf: Mapping[str, Any], state: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    tubelet = _hf_get(hf, "vivit", "tubelet_size")
+    if not (isinstance(tubelet, (list, tuple)) and len(tubelet) == 3 and tubelet[1] == tubelet[2]):
+        raise ConversionError(f"{origin}: tubelet_size {tubelet!r} must be [t, p, p].")
+    fields = _hf_common(hf, "vivit", origin)
+    fields.update(
+        patch_size=int(tubelet[1]),
+        tubelet_size=int(tubelet[0]),
+        qkv_bias="qkv" if _hf_get(hf, "vivit", "qkv_bias") else "none",
+        cls_token=True,
+        pos_embed="learned",
+        final_norm=True,
+        pool="cls",
+        num_classes=int(np.shape(state["classifier.weight"])[0]) if "classifier.weight" in state else 0,
+    )
+    return fields
+
+
+def hf_labels(hf: Mapping[str, Any] | None, num_classes: int) -> tuple[str, ...] | None:
+    """``id2label`` as a tuple ordered by class id, when it covers exactly ``num_classes`` ids."""
+    if not hf or not num_classes:
+        return None
+    id2label = hf.get("id2label") or {}
+    try:
+        by_id = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(by_id) != list(range(num_classes)):
+        return None
+    return tuple(by_id[i] for i in range(num_classes))
+
+
+def _apply_options(family: str, fields: dict[str, Any], opts: Options, from_hf: bool) -> ArchConfig:
+    width, depth = fields["embed_dim"], fields["depth"]
+    name = opts.arch or infer_arch_name(family, width, depth)
+    named = ARCHS.get(name)
+    base = named if named is not None and named.embed_dim == width else FAMILY_BASE[family]
+    if not from_hf:
+        fields.setdefault("num_frames", base.num_frames)
+        fields.setdefault("img_size", base.img_size)
+        heads = base.num_heads if base.embed_dim == width else default_num_heads(width)
+        fields.setdefault("num_heads", heads)
+    given = {
+        "num_heads": opts.num_heads,
+        "num_frames": opts.num_frames,
+        "img_size": opts.img_size,
+        "ckpt_num_frames": opts.ckpt_num_frames,
+    }
+    fields.update({k: v for k, v in given.items() if v is not None})
+    fields.update(dict(opts.config_overrides))
+    try:
+        cfg = ArchConfig(name=name, family=family, **fields)
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise ConversionError(
+            f"invalid architecture for these weights: {e} (set --num-heads / --num-frames / --img-size)."
+        ) from e
+    return cfg
+
+
+def infer_config(
+    fmt: Format,
+    state: Mapping[str, np.ndarray],
+    hf_config: Mapping[str, Any] | None,
+    opts: Options,
+    origin: str,
+) -> tuple[ArchConfig, tuple[str, ...] | None]:
+    """The :class:`ArchConfig` (and labels) for normalised ``state`` in format ``fmt``.
+
+    Width, depth, MLP size, patch/tubelet size, q/k/v biases, classifier size and ``vision_proj``
+    come from the weights (and ``config.json`` for HF); heads, frames and image size from the HF
+    config, else ``opts``, else the closest named architecture.
+    """
+    if fmt.name == "umt":
+        fields = _umt_fields(state, origin)
+    elif fmt.name == "videomae_pth":
+        fields = _videomae_pth_fields(state, origin)
+    else:
+        if hf_config is None:
+            raise ConversionError(
+                f"{fmt.description} weights need their config.json: pass the model directory, or "
+                "hf_config=... to convert_state_dict."
+            )
+        make = _hf_videomae_fields if fmt.name == "hf_videomae" else _hf_vivit_fields
+        fields = make(hf_config, state, origin)
+    if fmt.name == "videomae_pth" and opts.num_frames is None:
+        fields.update(_frames_from_pos_embed(state, fields, opts))
+    fields = _apply_num_classes(fields, opts, origin)
+    cfg = _apply_options(fmt.family, fields, opts, from_hf=fmt.name.startswith("hf_"))
+    labels = hf_labels(hf_config, cfg.num_classes)
+    return cfg, labels
+
+
+def _frames_from_pos_embed(
+    state: Mapping[str, np.ndarray], fields: Mapping[str, Any], opts: Options
+) -> dict[str, int]:
+    """``{"num_frames": T}`` when a stored ``pos_embed (1, N, D)`` pins the frame count, else ``{}``."""
+    shape = np.shape(state["pos_embed"]) if "pos_embed" in state else ()
+    if len(shape) != 3:
+        return {}
+    img = opts.img_size or FAMILY_BASE["videomae"].img_size
+    per_frame = (img // fields["patch_size"]) ** 2
+    if not per_frame or shape[1] % per_frame:
+        return {}
+    return {"num_frames": shape[1] // per_frame * fields["tubelet_size"]}
+
+
+def _apply_num_classes(fields: dict[str, Any], opts: Options, origin: str) -> dict[str, Any]:
+    found = fields.get("num_classes", 0)
+    want = opts.num_classes
+    if want is None or want == found:
+        return fields
+    if want == 0:
+        return {**fields, "num_classes": 0}
+    if found == 0:
+        raise ConversionError(
+            f"--num-classes {want} was given but {origin} has no classifier head; omit --num-classes."
+        )
+    raise ConversionError(
+        f"{origin} has a {found}-way classifier but --num-classes {want} was given; pass "
+        f"--num-classes {found}, or 0 to drop the head."
+    )

@@ -1,0 +1,198 @@
+"""Encoders and ``tldr_jax.apply``: golden parity, schedules for every architecture, tracing, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import MODEL_ATOL, golden_schedules
+
+import tldr_jax
+
+TINY = dict(embed_dim=32, depth=3, num_heads=2, mlp_dim=64, num_frames=4, img_size=32)
+
+
+def _video(golden_model):
+    return jnp.asarray(golden_model["video_bcthw"].transpose(0, 2, 3, 4, 1))
+
+
+def _schedule(golden_model, name):
+    return tuple(float(v) for v in golden_model[f"{name}/schedule"])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_golden_model_every_schedule(umt_golden_params, golden_model, jit):
+    video = _video(golden_model)
+    names = golden_schedules(golden_model)
+    assert set(names) >= {"ints", "const4", "fractions", "zero", "capped"}
+    for name in names:
+        sched = _schedule(golden_model, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", tldr_jax.ScheduleCapWarning)
+            if jit:
+                out = jax.jit(tldr_jax.apply, static_argnames="r")(umt_golden_params, video, r=sched)
+            else:
+                out = tldr_jax.apply(umt_golden_params, video, sched)
+        ref_tokens = golden_model[f"{name}/tokens"]
+        assert out.tokens.shape == ref_tokens.shape, name
+        np.testing.assert_allclose(out.tokens, ref_tokens, atol=MODEL_ATOL, rtol=0, err_msg=name)
+        np.testing.assert_allclose(out.pooled, golden_model[f"{name}/pooled"][:, 0], atol=MODEL_ATOL, rtol=0)
+        np.testing.assert_allclose(out.size, golden_model[f"{name}/size"], atol=MODEL_ATOL, rtol=0)
+        assert out.schedule.tokens[-1] == ref_tokens.shape[1]
+
+
+def test_source_maps_in_model_agree(umt_golden_params, golden_model):
+    video = _video(golden_model)
+    dense = tldr_jax.apply(umt_golden_params, video, (12, 6, 3), source="dense")
+    origin = tldr_jax.apply(umt_golden_params, video, (12, 6, 3), source="origin")
+    np.testing.assert_allclose(
+        tldr_jax.origin_to_dense(origin.source, dense.tokens.shape[1]), dense.source, atol=1e-6
+    )
+    # every input token is held by exactly one output token (weights may be saliency-scaled)
+    assert dense.source.shape == (2, 15, 36)
+    assert np.all((np.asarray(dense.source) > 0).sum(1) <= 1)
+
+
+def test_jit_traces_once_per_schedule():
+    params = tldr_jax.init(0, "umt_b16", **TINY)
+    video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
+
+    @chex.assert_max_traces(n=2)
+    def run(p, v, r):
+        return tldr_jax.apply(p, v, r)
+
+    fn = jax.jit(run, static_argnames="r")
+    for _ in range(3):
+        fn(params, video, r=(4, 2)).tokens.block_until_ready()
+        fn(params, video + 1.0, r=5).tokens.block_until_ready()
+    chex.clear_trace_counter()
+
+
+ARCH_CASES = {
+    "umt_b16": dict(num_frames=4, tubelet_size=1),
+    "umt_l16": dict(num_frames=4, tubelet_size=1),
+    "videomae_s": dict(num_frames=4, num_classes=5),
+    "videomae_b": dict(num_frames=4, num_classes=5),
+    "vivit_b": dict(num_frames=4, num_classes=5),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CASES))
+@pytest.mark.parametrize("method", ["vid_tldr", "tome"])
+def test_shapes_follow_schedule_every_arch(arch, method):
+    over = dict(embed_dim=32, depth=3, num_heads=2, mlp_dim=64, img_size=32) | ARCH_CASES[arch]
+    params = tldr_jax.init(1, arch, **over)
+    video = jax.random.normal(jax.random.key(1), (2, over["num_frames"], 32, 32, 3))
+    sched = tldr_jax.schedule(params, (3, 0.25))
+    out = tldr_jax.apply(params, video, (3, 0.25), method=method)
+    cfg = params.config
+    assert out.tokens.shape == (2, sched.tokens[-1], 32)
+    assert out.size.shape == (2, sched.tokens[-1], 1)
+    assert out.pooled.shape == (2, 32)
+    assert sched.tokens[0] == cfg.num_tokens
+    if cfg.num_classes:
+        assert out.logits.shape == (2, cfg.num_classes)
+    else:
+        assert out.logits is None
+    assert np.isfinite(out.tokens).all()
+    if cfg.cls_token:  # protected: CLS keeps size 1
+        np.testing.assert_array_equal(out.size[:, 0], 1.0)
+
+
+def test_umt_b16_msrvtt_full_size_shapes_without_compute():
+    params = jax.eval_shape(lambda k: tldr_jax.init(k, "umt_b16"), jax.random.key(0))
+    video = jax.ShapeDtypeStruct((1, 12, 224, 224, 3), jnp.float32)
+    out = jax.eval_shape(lambda p, v: tldr_jax.apply(p, v, "msrvtt"), params, video)
+    assert out.tokens.shape == (1, 1452, 768)
+    assert tldr_jax.schedule("umt_b16", "msrvtt").tokens[:4] == (2352, 1752, 1552, 1452)
+
+
+def test_pooling_options():
+    params = tldr_jax.init(2, "umt_b16", **TINY)
+    video = jax.random.normal(jax.random.key(2), (2, 4, 32, 32, 3))
+    mean = tldr_jax.apply(params, video, 6)
+    weighted = tldr_jax.apply(params, video, 6, pool="weighted")
+    np.testing.assert_allclose(mean.tokens, weighted.tokens)
+    assert not np.allclose(mean.pooled, weighted.pooled)
+    same0 = tldr_jax.apply(params, video, 0, pool="weighted").pooled
+    np.testing.assert_allclose(same0, tldr_jax.apply(params, video, 0).pooled, atol=1e-6)
+
+
+def test_saliency_returned_per_merging_layer():
+    params = tldr_jax.init(3, "umt_b16", **TINY)
+    video = jax.random.normal(jax.random.key(3), (1, 4, 32, 32, 3))
+    out = tldr_jax.apply(params, video, (4, 0, 2), return_saliency=True)
+    assert [s.shape for s in out.saliency] == [(1, 16), (1, 12)]
+    assert all(float(s.max()) == pytest.approx(1.0) for s in out.saliency)
+
+
+def test_other_frame_count_recomputes_sinusoid_table():
+    params = tldr_jax.init(4, "umt_b16", **TINY)
+    out = tldr_jax.apply(params, jax.random.normal(jax.random.key(4), (1, 8, 32, 32, 3)), 0)
+    assert out.tokens.shape == (1, 32, 32)
+
+
+def test_interpolated_position_table_matches_frames():
+    from tldr_jax.models import video_pos_table
+
+    cfg = tldr_jax.get_config("umt_b16", num_frames=8, ckpt_num_frames=4, img_size=32)
+    table = video_pos_table(cfg)
+    assert table.shape == (1, 32, 768)
+    same = video_pos_table(cfg.replace(ckpt_num_frames=8))
+    assert not np.allclose(table, same)
+    # interpolating to the same length is the identity
+    np.testing.assert_allclose(video_pos_table(cfg.replace(num_frames=4)), video_pos_table(cfg.replace(
+        num_frames=4, ckpt_num_frames=None)))
+
+
+def test_remat_and_bf16_run():
+    params = tldr_jax.init(5, "videomae_s", **TINY, num_classes=3)
+    video = jax.random.normal(jax.random.key(5), (2, 4, 32, 32, 3))
+    ref = tldr_jax.apply(params, video, 4)
+    np.testing.assert_allclose(tldr_jax.apply(params, video, 4, remat=True).logits, ref.logits, atol=1e-6)
+    half = tldr_jax.apply(params, video, 4, dtype=jnp.bfloat16)
+    assert half.tokens.dtype == jnp.bfloat16 and half.schedule == ref.schedule
+
+
+@pytest.mark.parametrize(
+    "video_shape, exc, pattern",
+    [
+        ((4, 32, 32, 3), ValueError, r"\(B, T, H, W, 3\).*video\[None\]"),
+        ((1, 3, 4, 32, 32), ValueError, "channels"),
+        ((1, 4, 32, 32, 1), ValueError, "1 channels"),
+        ((1, 5, 32, 32, 3), ValueError, "not divisible by the tubelet size 2"),
+        ((1, 4, 40, 40, 3), ValueError, "built for 32x32"),
+    ],
+)
+def test_bad_video(video_shape, exc, pattern):
+    params = tldr_jax.init(6, "videomae_s", **TINY)
+    with pytest.raises(exc, match=pattern):
+        tldr_jax.apply(params, jnp.zeros(video_shape), 0)
+
+
+def test_bad_arguments():
+    params = tldr_jax.init(7, "umt_b16", **TINY)
+    video = jnp.zeros((1, 4, 32, 32, 3))
+    with pytest.raises(ValueError, match="unknown architecture 'umt_b61'.*Did you mean 'umt_b16'"):
+        tldr_jax.init(0, "umt_b61")
+    with pytest.raises(ValueError, match="unknown schedule preset 'msrvt'"):
+        tldr_jax.apply(params, video, "msrvt")
+    with pytest.raises(ValueError, match="4 entries but the model has only 3 layers"):
+        tldr_jax.apply(params, video, (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="method must be one of"):
+        tldr_jax.apply(params, video, 1, method="fast")
+    with pytest.raises(TypeError, match="params must be a tldr_jax.Params"):
+        tldr_jax.apply(params.tree, video, 1)
+    with pytest.raises(TypeError, match="unknown config override"):
+        tldr_jax.init(0, "umt_b16", depht=2)
+    with pytest.raises(ValueError, match="img_size 40 is not divisible by patch_size 16"):
+        tldr_jax.init(0, "umt_b16", img_size=40)
+    with pytest.raises(TypeError, match="video must be float"):
+        tldr_jax.apply(params, video.astype(jnp.uint8), 0)
+    vivit = tldr_jax.init(0, "vivit_b", **TINY)
+    with pytest.raises(ValueError, match="learned position embeddings for 4 frames"):
+        tldr_jax.apply(vivit, jnp.zeros((1, 8, 32, 32, 3)), 0)

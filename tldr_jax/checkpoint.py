@@ -1,0 +1,401 @@
+"""Save and load :class:`~tldr_jax.api.Params` as a self-describing checkpoint directory.
+
+Layout of a checkpoint directory ``PATH``::
+
+    PATH/config.json    # format marker and version, tldr_jax version, ArchConfig dict, labels, metadata
+    PATH/params/        # an orbax (StandardCheckpointer) checkpoint of ``params.tree``
+
+``config.json`` looks like::
+
+    {"format": "tldr_jax.checkpoint", "format_version": 1, "tldr_jax_version": "0.1.0",
+     "created": "2025-01-01T00:00:00+00:00", "config": {...ArchConfig.to_dict()...},
+     "labels": ["abseiling", ...] | null, "metadata": {...}}
+
+``metadata`` is any JSON-serialisable dict given to :func:`save`; the converter
+(``python -m checkpoints_convert``) stores ``metadata["source"]``: the source format, file names,
+their sha256 and the conversion options.
+
+:func:`save` is atomic: everything is written into a hidden temporary sibling directory that is
+renamed to ``PATH`` only once complete, so after any failure nothing is left at ``PATH`` (and an
+existing checkpoint being overwritten is kept intact). :func:`load` checks the stored tree against
+the tree :func:`tldr_jax.init` would build for the stored config (computed abstractly with
+``jax.eval_shape``, nothing is allocated) and reports missing, unexpected and mis-shaped entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from tldr_jax.api import Params, init
+from tldr_jax.configs import ArchConfig
+
+FORMAT = "tldr_jax.checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PARAMS_DIR",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "TreeDiff",
+    "compare_trees",
+    "expected_shapes",
+    "flatten_tree",
+    "load",
+    "read_info",
+    "save",
+    "unflatten_tree",
+]
+
+
+class CheckpointError(ValueError):
+    """A tldr_jax checkpoint directory is missing pieces, too new, or does not match its config."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint directory at the given path."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Trees: flat "a/b/c" views and comparison against a config.
+# --------------------------------------------------------------------------------------------------
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> flat ``{"blocks_0/attn/qkv/kernel": leaf}`` (insertion order kept)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_tree(value, prefix=f"{path}/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten_tree(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_tree`."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def expected_shapes(config: ArchConfig) -> dict[str, tuple[int, ...]]:
+    """Flat ``{path: shape}`` of the parameters :func:`tldr_jax.init` builds for ``config``.
+
+    Computed with ``jax.eval_shape``: no parameters are allocated, so this is cheap for any size.
+    """
+    return dict(_expected_shapes(config))
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_shapes(config: ArchConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    abstract = jax.eval_shape(lambda: init(0, config).tree)
+    return tuple((path, tuple(leaf.shape)) for path, leaf in flatten_tree(abstract).items())
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeDiff:
+    """Differences between a parameter tree and the tree a config expects.
+
+    Attributes:
+      missing: paths the config expects that the tree lacks.
+      unexpected: paths in the tree that the config does not have.
+      mismatched: ``(path, found shape, expected shape)`` for entries of the wrong shape.
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the trees agree."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def report(self, limit: int = 20) -> str:
+        """Multi-line, big_vision-style report (at most ``limit`` entries per section)."""
+        lines: list[str] = []
+
+        def section(title: str, items: list[str]) -> None:
+            if not items:
+                return
+            lines.append(f"{title} ({len(items)}):")
+            lines.extend(f"  {item}" for item in items[:limit])
+            if len(items) > limit:
+                lines.append(f"  ... and {len(items) - limit} more")
+
+        section("Missing (expected by the config, not in the tree)", list(self.missing))
+        section("Unexpected (in the tree, not in the config)", list(self.unexpected))
+        section(
+            "Shape mismatches (found vs expected)",
+            [f"{p}: {tuple(f)} vs {tuple(e)}" for p, f, e in self.mismatched],
+        )
+        return "\n".join(lines)
+
+
+def compare_trees(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> TreeDiff:
+    """Compare two flat ``{path: shape}`` maps."""
+    missing = tuple(p for p in expected if p not in found)
+    unexpected = tuple(p for p in found if p not in expected)
+    mismatched = tuple(
+        (p, tuple(found[p]), tuple(expected[p]))
+        for p in expected
+        if p in found and tuple(found[p]) != tuple(expected[p])
+    )
+    return TreeDiff(missing, unexpected, mismatched)
+
+
+def _check_params(params: Params) -> None:
+    if not isinstance(params, Params):
+        raise TypeError(f"save() needs a tldr_jax.Params; got {type(params).__name__}.")
+    found = {p: tuple(np.shape(x)) for p, x in flatten_tree(params.tree).items()}
+    diff = compare_trees(found, expected_shapes(params.config))
+    if not diff.ok:
+        raise CheckpointError(
+            f"params.tree does not match its config {params.config.name!r}; refusing to save a "
+            f"checkpoint that could not be loaded.\n{diff.report()}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Save.
+# --------------------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from tldr_jax import __version__  # late import: tldr_jax/__init__ imports this module
+
+    return __version__
+
+
+def _config_payload(params: Params, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tldr_jax_version": _version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": params.config.to_dict(),
+        "labels": list(params.labels) if params.labels is not None else None,
+        "metadata": dict(metadata or {}),
+    }
+
+
+def _write_config(directory: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``config.json`` (raises TypeError for metadata that is not JSON-serialisable)."""
+    text = json.dumps(payload, indent=2, sort_keys=False)
+    (directory / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def _write_tree(directory: Path, tree: Mapping[str, Any]) -> None:
+    """Write ``tree`` as an orbax checkpoint in ``directory / PARAMS_DIR``."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save((directory / PARAMS_DIR).absolute(), dict(tree))
+        ckptr.wait_until_finished()
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:12]}")
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is replaced only once ``tmp`` is in place."""
+    if not path.exists():
+        tmp.rename(path)
+        return
+    backup = _sibling(path, "old")
+    path.rename(backup)
+    try:
+        tmp.rename(path)
+    except BaseException:
+        backup.rename(path)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def save(
+    params: Params,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``params`` to the checkpoint directory ``path`` atomically.
+
+    Args:
+      params: a :class:`~tldr_jax.api.Params` whose tree matches its config.
+      path: the checkpoint directory to create (parents are created).
+      metadata: JSON-serialisable dict stored in ``config.json`` under ``"metadata"``.
+      overwrite: replace an existing ``path`` (the old one stays intact if writing fails).
+
+    Returns:
+      The absolute checkpoint path.
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      CheckpointError: the tree does not match the config.
+      TypeError: ``metadata`` is not JSON-serialisable.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; refusing to overwrite it. Pass overwrite=True (CLI: --overwrite) "
+            "or choose another path."
+        )
+    _check_params(params)
+    payload = _config_payload(params, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    tmp.mkdir()
+    try:
+        _write_config(tmp, payload)
+        _write_tree(tmp, params.tree)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Load.
+# --------------------------------------------------------------------------------------------------
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    """The parsed, validated ``config.json`` of a checkpoint (no arrays are read).
+
+    Raises:
+      CheckpointNotFoundError: no directory at ``path``.
+      CheckpointError: not a tldr_jax checkpoint, or written by a newer format version.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {path}: the directory does not exist. Create one with tldr_jax.save(...) "
+            "or `python -m checkpoints_convert SRC OUT`."
+        )
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file, not a tldr_jax checkpoint directory. PyTorch / Hugging Face weights must "
+            f"be converted first: `python -m checkpoints_convert {path} OUT_DIR`."
+        )
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise CheckpointError(
+            f"{path} has no {CONFIG_FILE}: not a tldr_jax checkpoint (or a save that did not finish). "
+            "Re-create it with tldr_jax.save(...) or `python -m checkpoints_convert`."
+        )
+    try:
+        info = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); the checkpoint is corrupt.") from e
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        hint = ""
+        if isinstance(info, dict) and "model_type" in info:
+            hint = (
+                f" It looks like a Hugging Face model directory: convert it with "
+                f"`python -m checkpoints_convert {path} OUT_DIR`."
+            )
+        raise CheckpointError(f"{cfg_file} is not a tldr_jax checkpoint config.{hint}")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{cfg_file} has an invalid format_version {version!r}.")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by tldr_jax {info.get('tldr_jax_version', '?')} in checkpoint format "
+            f"version {version}; this tldr_jax ({_version()}) reads versions <= {FORMAT_VERSION}. "
+            "Upgrade tldr_jax to load it."
+        )
+    return info
+
+
+def _config_from_info(path: Path, info: Mapping[str, Any]) -> ArchConfig:
+    data = info.get("config")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path / CONFIG_FILE} has no 'config' dict.")
+    try:
+        return ArchConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} holds an invalid architecture config: {e} If the checkpoint comes "
+            "from a newer tldr_jax, upgrade tldr_jax."
+        ) from e
+
+
+def _stored_shapes(params_dir: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Flat ``{path: (shape, dtype)}`` from the orbax metadata, without reading arrays."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(params_dir.absolute()).item_metadata.tree
+    return {p: (tuple(m.shape), m.dtype) for p, m in flatten_tree(meta).items()}
+
+
+def load(path: str | Path) -> Params:
+    """Load a checkpoint written by :func:`save` (or the converter).
+
+    Returns:
+      :class:`~tldr_jax.api.Params` with the stored tree (arrays on the default device, stored
+      dtype), config and labels.
+
+    Raises:
+      CheckpointNotFoundError: no directory at ``path``.
+      CheckpointError: missing ``config.json`` or ``params/``, a newer format, an invalid config, or a
+        tree that does not match the config (missing / unexpected / mis-shaped entries are listed).
+    """
+    path = Path(path).expanduser()
+    info = read_info(path)
+    config = _config_from_info(path, info)
+    labels = info.get("labels")
+    labels = tuple(str(x) for x in labels) if labels is not None else None
+    params_dir = path / PARAMS_DIR
+    if not params_dir.is_dir():
+        raise CheckpointError(
+            f"{path} has no {PARAMS_DIR}/ directory with the weights; the checkpoint is incomplete. "
+            "Re-create it."
+        )
+    try:
+        stored = _stored_shapes(params_dir)
+    except Exception as e:  # orbax raises assorted errors for damaged directories
+        raise CheckpointError(f"cannot read the orbax checkpoint in {params_dir}: {e}") from e
+    diff = compare_trees({p: s for p, (s, _) in stored.items()}, expected_shapes(config))
+    if not diff.ok:
+        raise CheckpointError(
+            f"the weights in {params_dir} do not match the config {config.name!r} in "
+            f"{path / CONFIG_FILE}:\n{diff.report()}"
+        )
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = unflatten_tree(
+        {p: jax.ShapeDtypeStruct(s, d, sharding=sharding) for p, (s, d) in stored.items()}
+    )
+    import orbax.checkpoint as ocp
+
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(params_dir.absolute(), target)
+    except Exception as e:
+        raise CheckpointError(f"cannot restore the weights in {params_dir}: {e}") from e
+    return Params(tree=dict(tree), config=config, labels=labels)
