@@ -22,6 +22,7 @@ from tldr_jax.merge import (
 )
 from tldr_jax.saliency import saliency, saliency_from_sharpness, sharpness
 from tldr_jax.schedule import PRESETS, Schedule, preset_names, resolve_schedule
+from tldr_jax.video import VideoReadError, default_clip, load_video, preprocess
 
 __version__ = "0.1.0"
 
@@ -36,11 +37,13 @@ __all__ = [
     "Schedule",
     "ScheduleCapWarning",
     "TokenOrigin",
+    "VideoReadError",
     "apply",
     "apply_plan",
     "bipartite_plan",
     "build",
     "check_video",
+    "default_clip",
     "destination_index",
     "flops",
     "flops_breakdown",
@@ -50,11 +53,13 @@ __all__ = [
     "identity_source",
     "init",
     "load",
+    "load_video",
     "merge_source",
     "merge_tokens",
     "merge_wavg",
     "origin_to_dense",
     "preset_names",
+    "preprocess",
     "read_info",
     "resolve_r",
     "resolve_schedule",
