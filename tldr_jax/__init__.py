@@ -3,6 +3,7 @@
 from tldr_jax.api import Output, Params, apply, build, check_video, init, schedule
 from tldr_jax.checkpoint import CheckpointError, load, read_info, save
 from tldr_jax.configs import ARCHS, ArchConfig, get_config
+from tldr_jax.data import ArrayDataset, FolderDataset
 from tldr_jax.flops import flops, flops_breakdown, gflops, solve_schedule
 from tldr_jax.merge import (
     MergePlan,
@@ -22,11 +23,19 @@ from tldr_jax.merge import (
 )
 from tldr_jax.saliency import saliency, saliency_from_sharpness, sharpness
 from tldr_jax.schedule import PRESETS, Schedule, preset_names, resolve_schedule
+from tldr_jax.train import FinetuneConfig, FinetuneResult, LabelMismatchError, evaluate, finetune
 from tldr_jax.video import VideoReadError, default_clip, load_video, preprocess
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayDataset",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FolderDataset",
+    "LabelMismatchError",
+    "evaluate",
+    "finetune",
     "ARCHS",
     "PRESETS",
     "ArchConfig",

@@ -55,53 +55,17 @@ class CliError(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-def _number(text: str) -> int | float:
-    t = text.strip()
-    if re.fullmatch(r"[+-]?\d+", t):
-        return int(t)
-    value = float(t)
-    if value.is_integer() and "." not in t and "e" not in t.lower():
-        return int(value)
-    return value
-
-
 def parse_r(text: str | None) -> Any:
-    """Parse ``--r``: an int (``"16"``), a fraction (``"0.25"``), a per-layer list (``"600,200,100"``,
-    ``"0.3,0.2"``), a preset name (``"msrvtt"``, ``"umt_b16/msrvtt"``) or ``"none"``/``"0"``.
+    """Parse ``--r`` (see :func:`tldr_jax.schedule.parse_r`); None means "not given" (use
+    :func:`default_r`)."""
+    from tldr_jax.schedule import parse_r as parse_r_text
 
-    Returns None for "not given" (use :func:`default_r`).
-    """
     if text is None:
         return None
-    t = str(text).strip()
-    if not t:
-        raise CliError("--r is empty; give an int, a fraction, a comma list or a preset name.")
-    if t.lower() in ("none", "off", "no"):
-        return 0
-    if "," in t:
-        try:
-            values = tuple(_number(p) for p in t.split(",") if p.strip())
-        except ValueError as err:
-            raise CliError(
-                f"--r {text!r}: every comma-separated entry must be a number (count or fraction < 1)."
-            ) from err
-        return _check_r_values(values, text)
     try:
-        return _check_r_values((_number(t),), text)[0]
-    except ValueError:
-        pass
-    if re.fullmatch(r"[A-Za-z][\w/-]*", t):
-        return t
-    raise CliError(f"--r {text!r} is not an int, a fraction, a comma list or a preset name.")
-
-
-def _check_r_values(values: tuple[int | float, ...], text: str) -> tuple[int | float, ...]:
-    for v in values:
-        if v < 0 or (isinstance(v, float) and v >= 1):
-            raise CliError(
-                f"--r {text!r}: entries must be counts >= 0 or fractions in [0, 1); got {v}."
-            )
-    return values
+        return parse_r_text(text)
+    except ValueError as err:
+        raise CliError(f"--{err}") from None
 
 
 def format_r(r: Any) -> str:
@@ -530,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    from tldr_jax.train import add_finetune_subparser
 
     run = sub.add_parser("run", help="classify or embed a clip with and without merging; GFLOPs and time")
     _add_model_args(run)
@@ -553,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run benchmarks (benchmarks.run)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+
+    add_finetune_subparser(sub)
     return parser
 
 

@@ -379,11 +379,12 @@ def destination_index(plan: MergePlan) -> tuple[Array, Array]:
 
     dest_a = jax.vmap(per_sample)(plan.unm_idx, plan.src_idx, plan.dst_idx)
     dest_b = jnp.broadcast_to(n_unm + jnp.arange(n_b, dtype=jnp.int32), (bsz, n_b))
-    fac_a = jnp.ones((bsz, n_a), jnp.float32)
+    fac_dtype = jnp.float32 if plan.src_weight is None else plan.src_weight.dtype
+    fac_a = jnp.ones((bsz, n_a), fac_dtype)
     if plan.src_weight is not None:
         fac_a = jax.vmap(lambda f, s, w: f.at[s].set(w))(fac_a, plan.src_idx, plan.src_weight)
     dest = jnp.zeros((bsz, n), jnp.int32).at[:, 0::2].set(dest_a).at[:, 1::2].set(dest_b)
-    factor = jnp.ones((bsz, n), jnp.float32).at[:, 0::2].set(fac_a)
+    factor = jnp.ones((bsz, n), fac_dtype).at[:, 0::2].set(fac_a)
     perm = _front_permutation(plan)
     if perm is not None:
         inverse = np.argsort(perm).astype(np.int32)

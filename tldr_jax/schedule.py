@@ -16,6 +16,7 @@ Each layer's count is capped at ``(N - protected) // 2`` as the official code do
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -167,3 +168,47 @@ def resolve_schedule(
         n -= c
         tokens.append(n)
     return Schedule(tuple(counts), tuple(tokens), protected)
+
+
+def _number(text: str) -> int | float:
+    t = text.strip()
+    if re.fullmatch(r"[+-]?\d+", t):
+        return int(t)
+    value = float(t)
+    if value.is_integer() and "." not in t and "e" not in t.lower():
+        return int(value)
+    return value
+
+
+def parse_r(text: str) -> RSpec:
+    """Parse an ``r`` given as text (command lines): ``"16"`` -> 16, ``"0.25"`` -> 0.25,
+    ``"600,200,100"`` -> (600, 200, 100), ``"msrvtt"`` / ``"umt_b16/msrvtt"`` -> the preset name,
+    ``"none"`` -> 0. Raises ``ValueError`` naming the bad text."""
+    t = str(text).strip()
+    if not t:
+        raise ValueError("r is empty; give an int, a fraction, a comma list or a preset name.")
+    if t.lower() in ("none", "off", "no"):
+        return 0
+    if "," in t:
+        try:
+            values = tuple(_number(p) for p in t.split(",") if p.strip())
+        except ValueError as err:
+            raise ValueError(
+                f"r {text!r}: every comma-separated entry must be a number (count or fraction < 1)."
+            ) from err
+        return _check_r_values(values, text)
+    try:
+        return _check_r_values((_number(t),), text)[0]
+    except ValueError as err:
+        if "entries must be" in str(err):
+            raise
+    if re.fullmatch(r"[A-Za-z][\w/-]*", t):
+        return t
+    raise ValueError(f"r {text!r} is not an int, a fraction, a comma list or a preset name.")
+
+
+def _check_r_values(values: tuple[int | float, ...], text: str) -> tuple[int | float, ...]:
+    for v in values:
+        if v < 0 or (isinstance(v, float) and v >= 1):
+            raise ValueError(f"r {text!r}: entries must be counts >= 0 or fractions in [0, 1); got {v}.")
+    return values
