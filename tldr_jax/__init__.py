@@ -1,6 +1,7 @@
 """tldr_jax: training-free token merging (vid-TLDR, ToMe) for video transformers in JAX/Flax."""
 
 from tldr_jax.api import Output, Params, apply, build, check_video, init, schedule
+from tldr_jax.batch import RunSummary, run_directory
 from tldr_jax.checkpoint import CheckpointError, load, read_info, save
 from tldr_jax.configs import ARCHS, ArchConfig, get_config
 from tldr_jax.data import ArrayDataset, FolderDataset
@@ -21,6 +22,7 @@ from tldr_jax.merge import (
     resolve_r,
     update_origin,
 )
+from tldr_jax.parallel import make_mesh, replicate, shard_batch, sharded_apply
 from tldr_jax.saliency import saliency, saliency_from_sharpness, sharpness
 from tldr_jax.schedule import PRESETS, Schedule, preset_names, resolve_schedule
 from tldr_jax.train import FinetuneConfig, FinetuneResult, LabelMismatchError, evaluate, finetune
@@ -29,6 +31,12 @@ from tldr_jax.video import VideoReadError, default_clip, load_video, preprocess
 __version__ = "0.1.0"
 
 __all__ = [
+    "RunSummary",
+    "make_mesh",
+    "replicate",
+    "run_directory",
+    "shard_batch",
+    "sharded_apply",
     "ArrayDataset",
     "FinetuneConfig",
     "FinetuneResult",

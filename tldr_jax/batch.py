@@ -1,0 +1,526 @@
+"""Batch inference over a directory of videos, streamed to disk, resumable.
+
+::
+
+    params = tldr_jax.checkpoint.load("umt_b16_ckpt")
+    summary = tldr_jax.batch.run_directory(params, "videos/", "features/", r="msrvtt", batch_size=8)
+
+For every input ``videos/<file>`` (video files and ``.npy`` clips, not recursive) the run writes
+``features/<file>.npz`` with
+
+* ``pooled`` ``(D,)`` float32, and ``logits`` ``(K,)`` / ``embedding`` ``(P,)`` when the model has them;
+* ``tokens`` ``(N', D)`` and ``size`` ``(N', 1)`` with ``save_tokens=True``;
+* ``meta``: a JSON string (input name, merge schedule, token counts, run key).
+
+Each ``.npz`` is written to a temporary file and renamed into place (``os.replace``), so a file that
+exists is complete. ``manifest.jsonl`` gets one line per finished input, ``errors.jsonl`` one line per
+input that could not be read (it is skipped; the run goes on), ``run.json`` the settings.
+
+Resuming: run the same call again. Inputs whose ``.npz`` exists and was made with the same settings
+(model weights, schedule, frames, preprocessing, options) are not recomputed; a directory made with
+other settings raises unless ``overwrite=True``. Inputs that failed are retried.
+
+``.npy`` clips hold ``(T, H, W, 3)`` frames: ``uint8`` pixels are sampled, resized and normalised like
+video frames; float clips are taken as already normalised (only the frames are sampled; the size must
+match the model).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from tldr_jax.api import Output, Params
+from tldr_jax.configs import ArchConfig
+
+PathLike = str | os.PathLike
+NPY_EXTENSIONS: tuple[str, ...] = (".npy",)
+_FALLBACK_VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg")
+MANIFEST = "manifest.jsonl"
+ERRORS = "errors.jsonl"
+RUN_FILE = "run.json"
+FORMAT_VERSION = 1
+
+
+def video_extensions() -> tuple[str, ...]:
+    """File suffixes treated as videos (those of :mod:`tldr_jax.video` when it is importable)."""
+    try:
+        from tldr_jax.video import VIDEO_EXTENSIONS
+    except ImportError:
+        return _FALLBACK_VIDEO_EXTENSIONS
+    return tuple(VIDEO_EXTENSIONS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading clips.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """How a file becomes a ``(num_frames, img_size, img_size, 3)`` float32 clip.
+
+    ``mean``/``std`` are on the ``[0, 1]`` pixel scale; ``resize``, ``short_side`` and
+    ``interpolation`` are those of :func:`tldr_jax.video.preprocess`; ``pad`` repeats the last frame of
+    too-short videos.
+    """
+
+    num_frames: int
+    img_size: int
+    sampling: str = "middle"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    resize: str = "squash"
+    short_side: int | None = None
+    interpolation: str = "cubic"
+    pad: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(T, H, W, 3)`` of every clip."""
+        return (self.num_frames, self.img_size, self.img_size, 3)
+
+    def preprocess_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`tldr_jax.video.preprocess` besides the frames and size."""
+        return {
+            "mean": self.mean, "std": self.std, "short_side": self.short_side, "resize": self.resize,
+            "interpolation": self.interpolation,
+        }
+
+
+def clip_spec(
+    cfg: ArchConfig,
+    *,
+    num_frames: int | None = None,
+    sampling: str | None = None,
+    normalization: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    pad: bool = False,
+) -> ClipSpec:
+    """The evaluation preprocessing of ``cfg``'s family, with optional overrides."""
+    from tldr_jax.video import preprocessing_for
+
+    prep = preprocessing_for(cfg.family, cfg.img_size, normalization=normalization)
+    return ClipSpec(
+        num_frames=int(num_frames or cfg.num_frames),
+        img_size=cfg.img_size,
+        sampling=sampling or prep.sampling,
+        mean=tuple(float(x) for x in (prep.mean if mean is None else mean)),
+        std=tuple(float(x) for x in (prep.std if std is None else std)),
+        resize=prep.resize,
+        short_side=prep.short_side,
+        interpolation=prep.interpolation,
+        pad=pad,
+    )
+
+
+def read_npy_clip(path: Path, spec: ClipSpec) -> np.ndarray:
+    """A ``.npy`` clip -> ``spec.shape`` float32 (uint8 pixels preprocessed, floats taken as they are)."""
+    from tldr_jax import video
+
+    arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"a .npy clip must be (T, H, W, 3); got shape {arr.shape}.")
+    arr = np.asarray(arr[video.sample_indices(len(arr), spec.num_frames, spec.sampling, pad=spec.pad)])
+    if arr.dtype == np.uint8:
+        return video.preprocess(arr, spec.img_size, **spec.preprocess_kwargs())
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"a .npy clip must hold uint8 pixels or normalised floats; got dtype {arr.dtype}.")
+    return arr.astype(np.float32)
+
+
+def read_clip(path: PathLike, spec: ClipSpec) -> np.ndarray:
+    """Read one input (video file or ``.npy``) as a ``spec.shape`` float32 clip.
+
+    Raises:
+      Exception: whatever the decoder raises for an unusable file (``VideoReadError`` and others);
+        ``ValueError`` when the clip has the wrong shape.
+    """
+    path = Path(path)
+    if path.suffix.lower() in NPY_EXTENSIONS:
+        clip = read_npy_clip(path, spec)
+    else:
+        from tldr_jax.video import load_video
+
+        clip = load_video(
+            path, spec.num_frames, sampling=spec.sampling, img_size=spec.img_size, pad=spec.pad,
+            **spec.preprocess_kwargs(),
+        )
+    if clip.shape != spec.shape:
+        raise ValueError(f"clip has shape {clip.shape}; the model needs {spec.shape}.")
+    return clip
+
+
+def list_inputs(in_dir: PathLike) -> list[Path]:
+    """Video files and ``.npy`` clips directly in ``in_dir`` (hidden files skipped), sorted by name."""
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input directory {root} does not exist or is not a directory.")
+    exts = set(video_extensions()) | set(NPY_EXTENSIONS)
+    return sorted(
+        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Output files.
+# --------------------------------------------------------------------------------------------------
+
+
+def output_path(out_dir: PathLike, path: PathLike) -> Path:
+    """``out_dir/<input file name>.npz`` (the full name, so ``a.mp4`` and ``a.npy`` do not collide)."""
+    return Path(out_dir) / f"{Path(path).name}.npz"
+
+
+def save_npz_atomic(path: PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write an ``.npz`` so that ``path`` either does not exist or is complete (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_meta(path: PathLike) -> dict[str, Any] | None:
+    """The ``meta`` record of a result file, or None when it is missing, truncated or not ours."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "pooled" not in data.files or "meta" not in data.files:
+                return None
+            return json.loads(str(data["meta"]))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+
+
+def is_complete(path: PathLike, run_key: str | None = None) -> bool:
+    """Whether ``path`` is a readable result file (made with ``run_key`` when given)."""
+    meta = read_meta(path)
+    return meta is not None and (run_key is None or meta.get("run_key") == run_key)
+
+
+def append_jsonl(path: PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk (after a torn last line, on a line of its own)."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a torn last line (interrupted write) is ignored."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+# --------------------------------------------------------------------------------------------------
+# Run identity.
+# --------------------------------------------------------------------------------------------------
+
+
+def params_fingerprint(params: Params) -> str:
+    """A hash of the weights' names, shapes and bytes (identifies the model a result came from)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(params.config.to_dict(), sort_keys=True).encode())
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params.tree), key=lambda kv: str(kv[0])):
+        arr = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}{arr.shape}{arr.dtype}".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Settings as JSON: dtypes by name, tuples as lists, anything else by ``repr``."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return repr(value)
+
+
+def run_settings(params: Params, spec: ClipSpec, r: Any, save_tokens: bool, options: dict[str, Any]) -> dict:
+    """Everything a result depends on, as a JSON-friendly dict (stored in ``run.json``)."""
+    return {
+        "format": FORMAT_VERSION,
+        "params": params_fingerprint(params),
+        "arch": params.config.name,
+        "clip": _jsonable(dataclasses.asdict(spec)),
+        "r": _jsonable(r),
+        "save_tokens": bool(save_tokens),
+        "options": _jsonable(dict(sorted(options.items()))),
+    }
+
+
+def run_key(settings: dict[str, Any]) -> str:
+    """Short hash of :func:`run_settings`."""
+    return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def _check_run_file(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    path = out_dir / RUN_FILE
+    if path.exists() and not overwrite:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out_dir} holds results made with other settings (differing: {', '.join(diff)}); "
+                "use a new output directory, or overwrite=True to recompute everything."
+            )
+    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What :func:`run_directory` did.
+
+    Attributes:
+      out_dir: the output directory.
+      processed: input names computed in this run.
+      skipped: input names whose results already existed (not recomputed).
+      failed: input name -> error message, for inputs that could not be read.
+      seconds: wall time of the run.
+    """
+
+    out_dir: Path
+    processed: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.processed)} computed, {len(self.skipped)} already done, {len(self.failed)} failed "
+            f"in {self.seconds:.1f} s -> {self.out_dir}"
+        )
+
+
+def _prefetch(
+    paths: Sequence[Path], read: Callable[[Path], np.ndarray], workers: int, depth: int
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """``(path, clip, None)`` or ``(path, None, error)`` in order, reading up to ``depth`` ahead."""
+
+    def safe(path: Path) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return read(path), None
+        except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
+            return None, f"{type(err).__name__}: {err}"
+
+    if workers <= 0:
+        for path in paths:
+            yield (path, *safe(path))
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque[tuple[Path, Future]] = collections.deque()
+        it = iter(paths)
+        for path in it:
+            pending.append((path, pool.submit(safe, path)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            path, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(safe, nxt)))
+            yield (path, *fut.result())
+
+
+def _batches(
+    items: Iterable[tuple[Path, np.ndarray | None, str | None]],
+    batch_size: int,
+    on_error: Callable[[Path, str], None],
+) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """Group readable clips into lists of ``batch_size`` (the last may be shorter); report the others."""
+    paths: list[Path] = []
+    clips: list[np.ndarray] = []
+    for path, clip, err in items:
+        if clip is None:
+            on_error(path, err or "unknown error")
+            continue
+        paths.append(path)
+        clips.append(clip)
+        if len(clips) == batch_size:
+            yield paths, clips
+            paths, clips = [], []
+    if clips:
+        yield paths, clips
+
+
+def result_arrays(out: Output, i: int, save_tokens: bool) -> dict[str, np.ndarray]:
+    """Row ``i`` of a batch ``Output`` as float32 host arrays (``pooled``, ``logits``, ...)."""
+    arrays = {"pooled": out.pooled}
+    if out.logits is not None:
+        arrays["logits"] = out.logits
+    if out.embedding is not None:
+        arrays["embedding"] = out.embedding
+    if save_tokens:
+        arrays["tokens"] = out.tokens
+        arrays["size"] = out.size
+    return {k: np.asarray(v[i], dtype=np.float32) for k, v in arrays.items()}
+
+
+def run_directory(
+    params: Params,
+    in_dir: PathLike,
+    out_dir: PathLike,
+    *,
+    r: Any = 0,
+    num_frames: int | None = None,
+    batch_size: int = 8,
+    sampling: str | None = None,
+    normalization: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    pad: bool = False,
+    save_tokens: bool = False,
+    mesh: Any = None,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+    reader: Callable[[Path, ClipSpec], np.ndarray] | None = None,
+    on_file_done: Callable[[str, Path], None] | None = None,
+    **apply_kwargs: Any,
+) -> RunSummary:
+    """Encode every video / ``.npy`` clip in ``in_dir``, writing one ``.npz`` per input to ``out_dir``.
+
+    Args:
+      params: model weights (:func:`tldr_jax.init`, :func:`tldr_jax.checkpoint.load`, ...).
+      in_dir: directory of inputs (not searched recursively).
+      out_dir: results directory (created); see the module docstring for its files.
+      r: merge schedule, as for :func:`tldr_jax.apply`.
+      num_frames: frames per clip (default: the model's); sinusoidal-position models accept others.
+      batch_size: clips per forward pass. Every batch is padded to this size (rounded up to a multiple
+        of the device count), so one compiled program serves the whole run.
+      sampling, normalization, mean, std, pad: preprocessing overrides (default: the model family's
+        evaluation preprocessing, :func:`tldr_jax.video.preprocessing_for`).
+      save_tokens: also store the ``(N', D)`` output tokens and their ``(N', 1)`` sizes.
+      mesh: a device mesh for :func:`tldr_jax.parallel.sharded_apply` (default: all local devices).
+      workers: threads reading and decoding ahead of the model (0: read in the main thread).
+      overwrite: recompute everything, even results of the same settings.
+      progress: show a tqdm progress bar.
+      reader: replaces :func:`read_clip` (``reader(path, spec) -> (T, H, W, 3) float32``).
+      on_file_done: called as ``on_file_done(name, npz_path)`` after each result is on disk.
+      **apply_kwargs: ``method``, ``pool``, ``dtype``, ``prop_attn`` ... of :func:`tldr_jax.apply`.
+
+    Returns:
+      :class:`RunSummary`.
+    """
+    from tqdm.auto import tqdm
+
+    from tldr_jax import parallel
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    if parallel.spans_processes(mesh):
+        raise ValueError(
+            "run_directory works per process: give each process its own input directory (or files) and "
+            "mesh=tldr_jax.parallel.make_mesh(jax.local_devices())."
+        )
+    unknown = sorted(set(apply_kwargs) - set(parallel.APPLY_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown apply option(s) {unknown}; valid: {', '.join(parallel.APPLY_OPTIONS)}.")
+    started = time.perf_counter()
+    inputs = list_inputs(in_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = clip_spec(
+        params.config, num_frames=num_frames, sampling=sampling, normalization=normalization, mean=mean,
+        std=std, pad=pad,
+    )
+    settings = run_settings(params, spec, r, save_tokens, apply_kwargs)
+    key = run_key(settings)
+    _check_run_file(out_dir, settings, overwrite)
+    summary = RunSummary(out_dir)
+
+    todo: list[Path] = []
+    logged = {rec.get("name") for rec in read_jsonl(out_dir / MANIFEST) if rec.get("run_key") == key}
+    for path in inputs:
+        dest = output_path(out_dir, path)
+        if not overwrite and is_complete(dest, key):
+            summary.skipped.append(path.name)
+            if path.name not in logged:  # finished, but interrupted before its manifest line
+                append_jsonl(out_dir / MANIFEST, {**(read_meta(dest) or {}), "output": dest.name})
+        else:
+            todo.append(path)
+
+    padded = parallel.padded_size(batch_size, parallel.local_device_count(mesh))
+    params = parallel.replicate(params, mesh)
+    read = reader or read_clip
+    bar = tqdm(total=len(inputs), initial=len(summary.skipped), unit="clip", disable=not progress)
+
+    def on_error(path: Path, message: str) -> None:
+        summary.failed[path.name] = message
+        append_jsonl(out_dir / ERRORS, {"name": path.name, "error": message, "time": time.time()})
+        bar.update(1)
+
+    try:
+        items = _prefetch(todo, lambda p: read(p, spec), workers, depth=2 * padded)
+        for paths, clips in _batches(items, batch_size, on_error):
+            tic = time.perf_counter()
+            video = parallel.pad_batch(np.stack(clips), padded)
+            out = parallel.sharded_apply(params, video, r, mesh=mesh, **apply_kwargs)
+            host = jax.tree_util.tree_map(np.asarray, out)
+            per_clip = (time.perf_counter() - tic) / len(paths)
+            for i, path in enumerate(paths):
+                meta = {
+                    "name": path.name, "run_key": key, "tokens": list(out.schedule.tokens),
+                    "r": list(out.schedule.r), "seconds": round(per_clip, 4),
+                }
+                arrays = {**result_arrays(host, i, save_tokens), "meta": np.asarray(json.dumps(meta))}
+                dest = save_npz_atomic(output_path(out_dir, path), arrays)
+                append_jsonl(out_dir / MANIFEST, {**meta, "output": dest.name})
+                summary.processed.append(path.name)
+                bar.update(1)
+                if on_file_done is not None:
+                    on_file_done(path.name, dest)
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - started
+    return summary
