@@ -1,8 +1,9 @@
 """Scaling benchmark: peak memory against frame count, throughput against device count.
 
 1. Memory (UMT-B/16, 224 x 224, batch 1, float32): for 8, 16, 32 and 64 frames (1568 to 12544 tokens),
-   with and without token merging, and with the query-chunked attention (the default above 2048
-   tokens) or the standard one that materialises ``(B, H, N, N)`` attention probabilities.
+   with and without token merging, and with the query-chunked attention (forced on; the library
+   chunks by default once ``B * H * N * N`` exceeds ``Attention.chunk_min_elements`` = 2**28) or the
+   standard one that materialises ``(B, H, N, N)`` attention probabilities.
 
    * ``compile``: XLA's buffer assignment of the whole forward pass
      (``jax.jit(...).lower(...).compile().memory_analysis()``): arguments (weights + video), outputs
@@ -264,10 +265,8 @@ def subprocess_json(args: Sequence[str], env: dict[str, str] | None = None, time
 
 
 def attention_label(row: dict[str, Any]) -> str:
-    """``chunked``, ``standard`` or ``standard (default)`` (short sequences are never chunked)."""
-    if not row["chunked"]:
-        return "standard"
-    return "chunked" if row["tokens"] > 2048 else "standard (default)"
+    """``chunked`` or ``standard``."""
+    return "chunked" if row["chunked"] else "standard"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -303,13 +302,12 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Notes: with merging, the vid-TLDR saliency needs each merging layer's head-averaged softmax, so the "
         "standard attention keeps `(B, H, N, N)` float32 probabilities alive (7.8 GiB of temporaries at 64 "
-        "frames); the chunked attention (512 query rows at a time, used above 2048 tokens) keeps "
-        "`(B, H, 512, N)`. Without merging, XLA:CPU fuses dot-softmax-dot into one YNNPACK custom fusion "
+        "frames); the chunked attention (512 query rows at a time; by default used once B*H*N*N > 2**28) "
+        "keeps `(B, H, 512, N)`. Without merging, XLA:CPU fuses dot-softmax-dot into one YNNPACK custom fusion "
         "whose scratch memory is *not* in `memory_analysis()`, so the compile-time `standard / no merge` "
         "rows under-report; the executed rows below show the real cost. XLA on GPU/TPU does not fuse "
         "this pattern by default (not measured here), so there the standard path materialises the "
-        "probabilities in every layer. `standard (default)`: 2048 tokens or fewer, where the library "
-        "does not chunk.",
+        "probabilities in every layer.",
     ]
     if report.get("run_memory"):
         lines += [
@@ -378,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["compile_memory"] = []
     for frames in args.frames:
         for merge in (False, True):
-            modes = (True, False) if frames * 196 > 2048 else (True,)  # chunking starts above 2048 tokens
+            modes = (True, False) if frames * 196 > 2048 else (False,)  # short clips: standard only
             for chunked in modes:
                 row = compiled_memory(frames, merge, chunked)
                 print(json.dumps(row), flush=True)
@@ -386,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["run_memory"] = []
     for frames in args.run_frames:
         for merge in (False, True):
-            modes = (True, False) if frames * 196 > 2048 else (True,)
+            modes = (True, False) if frames * 196 > 2048 else (False,)
             for chunked in modes:
                 row = subprocess_json(
                     ["--worker", "run", "--frames", str(frames), "--merge", str(int(merge)),
