@@ -300,14 +300,14 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Notes: with merging, the vid-TLDR saliency needs each merging layer's head-averaged softmax, so the "
-        "standard attention keeps `(B, H, N, N)` float32 probabilities alive (7.8 GiB of temporaries at 64 "
-        "frames); the chunked attention (512 query rows at a time; by default used once B*H*N*N > 2**28) "
-        "keeps `(B, H, 512, N)`. Without merging, XLA:CPU fuses dot-softmax-dot into one YNNPACK custom fusion "
-        "whose scratch memory is *not* in `memory_analysis()`, so the compile-time `standard / no merge` "
-        "rows under-report; the executed rows below show the real cost. XLA on GPU/TPU does not fuse "
-        "this pattern by default (not measured here), so there the standard path materialises the "
-        "probabilities in every layer.",
+        "Notes: with merging, the vid-TLDR saliency needs each merging layer's head-averaged softmax, so "
+        "the standard attention keeps `(B, H, N, N)` float32 probabilities alive (7.8 GiB of temporaries "
+        "at 64 frames); the chunked attention (512 query rows at a time; by default used once B*H*N*N > "
+        "2**28) keeps `(B, H, 512, N)`. Without merging, XLA:CPU fuses dot-softmax-dot into one YNNPACK "
+        "custom fusion whose scratch memory is *not* in `memory_analysis()`, so the compile-time "
+        "`standard / no merge` rows under-report; the executed rows below show the real cost. XLA on "
+        "GPU/TPU does not fuse this pattern by default (not measured here), so there the standard path "
+        "materialises the probabilities in every layer.",
     ]
     if report.get("run_memory"):
         lines += [
