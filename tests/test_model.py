@@ -196,3 +196,32 @@ def test_bad_arguments():
     vivit = tldr_jax.init(0, "vivit_b", **TINY)
     with pytest.raises(ValueError, match="learned position embeddings for 4 frames"):
         tldr_jax.apply(vivit, jnp.zeros((1, 8, 32, 32, 3)), 0)
+
+
+@pytest.mark.parametrize("method", ["vid_tldr", "tome"])
+def test_per_clip_and_chunked_attention_equal_standard(monkeypatch, method):
+    from tldr_jax import api
+    from tldr_jax.models import Attention
+
+    params = tldr_jax.init(8, "vivit_b", **TINY)
+    video = jax.random.normal(jax.random.key(8), (3, 4, 32, 32, 3))
+    sched = tldr_jax.schedule(params, (3, 2))
+    kw = dict(
+        cfg=params.config, sched=sched, method=method, pool="mean", source="origin",
+        return_saliency=method == "vid_tldr", prop_attn=True,
+    )
+
+    def run(per_clip):  # a fresh jit: the Attention class attributes are read at trace time
+        fresh = jax.jit(api._forward.__wrapped__, static_argnames=api.FORWARD_STATIC)
+        return fresh(params.tree, video, per_clip=per_clip, **kw)
+
+    monkeypatch.setattr(Attention, "chunk_min_elements", 10**18)
+    standard = run(False)
+    per_clip = run(True)
+    monkeypatch.setattr(Attention, "chunk_min_elements", 0)
+    monkeypatch.setattr(Attention, "query_chunk", 8)
+    chunked = run(False)
+    for other in (per_clip, chunked):
+        np.testing.assert_allclose(other["tokens"], standard["tokens"], atol=1e-5)
+        np.testing.assert_allclose(other["size"], standard["size"], atol=1e-5)
+        np.testing.assert_array_equal(other["source"].owner, standard["source"].owner)

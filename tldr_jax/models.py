@@ -23,6 +23,7 @@ residual, *merge*, MLP, residual.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import einops
@@ -114,8 +115,7 @@ class Attention(nnx.Module):
 
     Class attributes (set them on the class to tune memory): ``query_chunk`` query rows per chunk and
     ``chunk_min_elements``, the size of the ``(B, H, N, N)`` probability tensor above which attention
-    runs in chunks (default ``2**28`` elements = 1 GiB in float32: UMT-B/16 at 12 frames chunks from
-    batch 5 on, at 32 frames from batch 1).
+    runs in chunks (default ``2**28`` elements = 1 GiB in float32: UMT-B/16 at 32 frames chunks).
     """
 
     query_chunk: int = 512
@@ -158,30 +158,63 @@ class Attention(nnx.Module):
         q, k, v = einops.rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q = q * self.scale
         bias = None if log_size is None else log_size[:, None, None, :].astype(q.dtype)
-
-        def rows(q_rows: Array) -> tuple[Array, Array | None]:
-            # (B, H, C, Dh) queries -> ((B, H, C, Dh) attention output, (B, C) sharpness or None).
-            logits = jnp.einsum("bhnd,bhmd->bhnm", q_rows, k)
-            probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
-            sharp = sharpness_from_mean(jnp.mean(probs, axis=1)) if need == "sharpness" else None
-            if bias is not None:  # proportional attention; the sharpness is taken before the bias
-                probs = jax.nn.softmax((logits + bias).astype(acc_dtype(logits.dtype)), axis=-1)
-            return jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v), sharp
-
-        bsz, heads, n, dh = q.shape
-        chunk = int(self.query_chunk)
-        if bsz * heads * n * n <= int(self.chunk_min_elements) or chunk >= n:
-            out, sharp = rows(q)
-        else:
-            num = -(-n // chunk)  # static chunk count; the padded query rows are dropped below
-            q_pad = jnp.pad(q, ((0, 0), (0, 0), (0, num * chunk - n), (0, 0)))
-            q_chunks = jnp.moveaxis(q_pad.reshape(bsz, heads, num, chunk, dh), 2, 0)
-            out, sharp = jax.lax.map(jax.checkpoint(rows), q_chunks)  # (num, B, H, C, Dh), (num, B, C)
-            out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
-            sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
+        out, sharp = _attend(
+            q,
+            k,
+            v,
+            bias,
+            need_sharpness=need == "sharpness",
+            query_chunk=int(self.query_chunk),
+            chunk_min_elements=int(self.chunk_min_elements),
+        )
         aux = sharp if need == "sharpness" else jnp.mean(k, axis=1) if need == "keys" else None
         out = einops.rearrange(out, "b h n d -> b n (h d)")
         return self.proj(out), aux
+
+
+def _attend(
+    q: Array,
+    k: Array,
+    v: Array,
+    bias: Array | None,
+    *,
+    need_sharpness: bool,
+    query_chunk: int,
+    chunk_min_elements: int,
+) -> tuple[Array, Array | None]:
+    """Softmax attention with an optional key bias and the pre-bias vid-TLDR sharpness.
+
+    Args:
+      q, k, v: ``(B, H, N, Dh)``; ``q`` already scaled.
+      bias: ``(B or 1, 1, 1, N)`` additive ``log(size)`` bias on the logits, or None.
+      need_sharpness: also return the ``(B, N)`` sharpness of the softmax *before* the bias.
+      query_chunk, chunk_min_elements: process ``query_chunk`` query rows at a time when
+        ``B * H * N * N`` exceeds ``chunk_min_elements``.
+
+    Returns:
+      ``(out (B, H, N, Dh), sharpness (B, N) or None)``.
+    """
+    def rows(q_rows: Array) -> tuple[Array, Array | None]:
+        # (B, H, C, Dh) queries -> ((B, H, C, Dh) attention output, (B, C) sharpness or None).
+        logits = jnp.einsum("bhnd,bhmd->bhnm", q_rows, k)
+        probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
+        sharp = sharpness_from_mean(jnp.mean(probs, axis=1)) if need_sharpness else None
+        if bias is not None:  # proportional attention; the sharpness is taken before the bias
+            probs = jax.nn.softmax((logits + bias).astype(acc_dtype(logits.dtype)), axis=-1)
+        return jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v), sharp
+
+    bsz, heads, n, dh = q.shape
+    if bsz * heads * n * n <= chunk_min_elements or query_chunk >= n:
+        return rows(q)
+    num = math.ceil(n / query_chunk)  # static chunk count; equal chunks, a multiple of 8 rows
+    chunk = 8 * math.ceil(math.ceil(n / num) / 8)
+    num = math.ceil(n / chunk)
+    q_pad = jnp.pad(q, ((0, 0), (0, 0), (0, num * chunk - n), (0, 0)))  # padded rows dropped below
+    q_chunks = jnp.moveaxis(q_pad.reshape(bsz, heads, num, chunk, dh), 2, 0)
+    out, sharp = jax.lax.map(jax.checkpoint(rows), q_chunks)  # (num, B, H, C, Dh), (num, B, C)
+    out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
+    sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
+    return out, sharp
 
 
 class Mlp(nnx.Module):

@@ -1,0 +1,1 @@
+"""Benchmarks of tldr_jax against PyTorch baselines (``python -m benchmarks.run``)."""
