@@ -70,6 +70,15 @@ CASES = [
 TERMS = ("patch_embed", "qkv", "attn", "proj", "merge", "mlp", "head")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _batched_program():
+    """Compare against the batched program: on one CPU device `apply` otherwise maps over the clips,
+    and XLA's module total counts a loop body once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tldr_jax.api, "_per_clip_default", lambda video: False)
+        yield
+
+
 def _compile(arch: str, overrides: dict, r, batch: int, method: str):
     params = tldr_jax.init(0, arch, **overrides)
     cfg = params.config
