@@ -279,7 +279,7 @@ def _per_clip_default(video: Array) -> bool:
     """Run clip by clip for batches on a single CPU device.
 
     Batched attention and MLP activations of full-size video models do not fit the CPU caches
-    (VideoMAE-B, 8 clips: 20.3 s batched against 11.9 s clip by clip, benchmarks/results); on
+    (VideoMAE-B, 8 clips on 2 CPU cores: 19.0 s batched, 11.6 s clip by clip); on
     accelerators, or with the batch sharded over several devices, the batched program is kept.
     """
     return video.shape[0] > 1 and jax.default_backend() == "cpu" and jax.device_count() == 1
