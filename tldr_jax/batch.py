@@ -42,12 +42,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from tldr_jax import video
 from tldr_jax.api import Output, Params
 from tldr_jax.configs import ArchConfig
 
 PathLike = str | os.PathLike
-NPY_EXTENSIONS: tuple[str, ...] = (".npy",)
-_FALLBACK_VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg")
 MANIFEST = "manifest.jsonl"
 ERRORS = "errors.jsonl"
 RUN_FILE = "run.json"
@@ -55,12 +54,8 @@ FORMAT_VERSION = 1
 
 
 def video_extensions() -> tuple[str, ...]:
-    """File suffixes treated as videos (those of :mod:`tldr_jax.video` when it is importable)."""
-    try:
-        from tldr_jax.video import VIDEO_EXTENSIONS
-    except ImportError:
-        return _FALLBACK_VIDEO_EXTENSIONS
-    return tuple(VIDEO_EXTENSIONS)
+    """File suffixes treated as videos (those of :mod:`tldr_jax.video`)."""
+    return tuple(video.VIDEO_EXTENSIONS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,9 +106,7 @@ def clip_spec(
     pad: bool = False,
 ) -> ClipSpec:
     """The evaluation preprocessing of ``cfg``'s family, with optional overrides."""
-    from tldr_jax.video import preprocessing_for
-
-    prep = preprocessing_for(cfg.family, cfg.img_size, normalization=normalization)
+    prep = video.preprocessing_for(cfg.family, cfg.img_size, normalization=normalization)
     return ClipSpec(
         num_frames=int(num_frames or cfg.num_frames),
         img_size=cfg.img_size,
@@ -127,21 +120,6 @@ def clip_spec(
     )
 
 
-def read_npy_clip(path: Path, spec: ClipSpec) -> np.ndarray:
-    """A ``.npy`` clip -> ``spec.shape`` float32 (uint8 pixels preprocessed, floats taken as they are)."""
-    from tldr_jax import video
-
-    arr = np.load(path, allow_pickle=False, mmap_mode="r")
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"a .npy clip must be (T, H, W, 3); got shape {arr.shape}.")
-    arr = np.asarray(arr[video.sample_indices(len(arr), spec.num_frames, spec.sampling, pad=spec.pad)])
-    if arr.dtype == np.uint8:
-        return video.preprocess(arr, spec.img_size, **spec.preprocess_kwargs())
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"a .npy clip must hold uint8 pixels or normalised floats; got dtype {arr.dtype}.")
-    return arr.astype(np.float32)
-
-
 def read_clip(path: PathLike, spec: ClipSpec) -> np.ndarray:
     """Read one input (video file or ``.npy``) as a ``spec.shape`` float32 clip.
 
@@ -149,19 +127,10 @@ def read_clip(path: PathLike, spec: ClipSpec) -> np.ndarray:
       Exception: whatever the decoder raises for an unusable file (``VideoReadError`` and others);
         ``ValueError`` when the clip has the wrong shape.
     """
-    path = Path(path)
-    if path.suffix.lower() in NPY_EXTENSIONS:
-        clip = read_npy_clip(path, spec)
-    else:
-        from tldr_jax.video import load_video
-
-        clip = load_video(
-            path, spec.num_frames, sampling=spec.sampling, img_size=spec.img_size, pad=spec.pad,
-            **spec.preprocess_kwargs(),
-        )
-    if clip.shape != spec.shape:
-        raise ValueError(f"clip has shape {clip.shape}; the model needs {spec.shape}.")
-    return clip
+    return video.load_clip(
+        path, spec.num_frames, img_size=spec.img_size, sampling=spec.sampling, pad=spec.pad,
+        **spec.preprocess_kwargs(),
+    )
 
 
 def list_inputs(in_dir: PathLike) -> list[Path]:
@@ -169,7 +138,7 @@ def list_inputs(in_dir: PathLike) -> list[Path]:
     root = Path(in_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input directory {root} does not exist or is not a directory.")
-    exts = set(video_extensions()) | set(NPY_EXTENSIONS)
+    exts = set(video_extensions()) | set(video.NPY_EXTENSIONS)
     return sorted(
         p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
     )

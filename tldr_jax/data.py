@@ -30,7 +30,6 @@ from typing import Any, Protocol
 import numpy as np
 
 PathLike = str | os.PathLike
-NPY_EXTENSIONS: tuple[str, ...] = (".npy",)
 DIRECTIONS: tuple[str, ...] = ("right", "left", "down", "up")
 
 __all__ = [
@@ -219,7 +218,7 @@ class FolderDataset:
         from tldr_jax import video
 
         self.root = Path(root)
-        extensions = tuple(video.VIDEO_EXTENSIONS) + NPY_EXTENSIONS
+        extensions = tuple(video.VIDEO_EXTENSIONS) + video.NPY_EXTENSIONS
         self.classes, self.paths, labels = _scan_classes(self.root, extensions)
         self.labels = np.asarray(labels, np.int32)
         self.num_frames, self.img_size, self.pad = int(num_frames), int(img_size), pad
@@ -247,42 +246,16 @@ class FolderDataset:
 
     def load(self, index: int) -> np.ndarray:
         """Clip ``index`` as ``(T, H, W, 3)`` float32; :class:`ClipReadError` when it cannot be used."""
-        path = self.paths[index]
-        try:
-            if path.suffix.lower() in NPY_EXTENSIONS:
-                clip = self._load_npy(path)
-            else:
-                from tldr_jax import video
-
-                clip = video.load_video(
-                    path,
-                    self.num_frames,
-                    sampling=self.sampling,
-                    img_size=self.img_size,
-                    pad=self.pad,
-                    **self.prep.kwargs(),
-                )
-        except ClipReadError:
-            raise
-        except (OSError, ValueError, EOFError, RuntimeError) as err:
-            raise ClipReadError(f"{path}: {err}") from err
-        if clip.shape != self.clip_shape:
-            raise ClipReadError(f"{path}: clip has shape {clip.shape}; the model needs {self.clip_shape}.")
-        return clip
-
-    def _load_npy(self, path: Path) -> np.ndarray:
         from tldr_jax import video
 
-        arr = np.load(path, allow_pickle=False)
-        if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise ClipReadError(f"{path}: a .npy clip must be (T, H, W, 3); got shape {arr.shape}.")
-        idx = video.sample_indices(len(arr), self.num_frames, self.sampling, pad=self.pad)
-        arr = arr[idx]
-        if arr.dtype == np.uint8:
-            return video.preprocess(arr, self.img_size, **self.prep.kwargs())
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise ClipReadError(f"{path}: a .npy clip must be uint8 pixels or float; got dtype {arr.dtype}.")
-        return arr.astype(np.float32)
+        path = self.paths[index]
+        try:
+            return video.load_clip(
+                path, self.num_frames, img_size=self.img_size, sampling=self.sampling, pad=self.pad,
+                **self.prep.kwargs(),
+            )
+        except (OSError, ValueError, EOFError, RuntimeError) as err:
+            raise ClipReadError(f"{path}: {err}") from err
 
 
 class Subset:

@@ -81,6 +81,7 @@ RESIZE: dict[str, tuple[str, float, str]] = {
 DEFAULT_SAMPLING: dict[str, str] = {"umt": "middle", "videomae": "uniform", "vivit": "uniform"}
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg")
+NPY_EXTENSIONS: tuple[str, ...] = (".npy",)
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_CLIP_PATH = ASSET_DIR / "default_clip.npz"
@@ -512,6 +513,48 @@ def load_video(
     return preprocess(
         frames, img_size, mean, std, short_side=short_side, resize=resize, interpolation=interpolation
     )
+
+
+def load_clip(
+    path: PathLike,
+    num_frames: int,
+    *,
+    img_size: int,
+    sampling: Sampling = "middle",
+    pad: bool = False,
+    **preprocess_kwargs: Any,
+) -> np.ndarray:
+    """One model input from a video file or a ``.npy`` clip, as ``(num_frames, img_size, img_size, 3)``.
+
+    A ``.npy`` clip is ``(T, H, W, 3)``: ``uint8`` pixels are sampled and preprocessed like video
+    frames; floats are taken as already normalised (only the frames are sampled). Video files go through
+    :func:`load_video`. ``preprocess_kwargs`` are those of :func:`preprocess` (mean, std, resize, ...).
+
+    Raises:
+      VideoReadError: an unreadable or too-short video. ``ValueError``: a clip of the wrong shape or dtype.
+    """
+    path = Path(path)
+    want = (int(num_frames), int(img_size), int(img_size), 3)
+    if path.suffix.lower() in NPY_EXTENSIONS:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"a .npy clip must be (T, H, W, 3); got shape {arr.shape}.")
+        arr = np.asarray(arr[sample_indices(len(arr), num_frames, sampling, pad=pad)])
+        if arr.dtype == np.uint8:
+            clip = preprocess(arr, img_size, **preprocess_kwargs)
+        elif np.issubdtype(arr.dtype, np.floating):
+            clip = arr.astype(np.float32)
+        else:
+            raise ValueError(
+                f"a .npy clip must hold uint8 pixels or normalised floats; got dtype {arr.dtype}."
+            )
+    else:
+        clip = load_video(
+            path, num_frames, sampling=sampling, img_size=img_size, pad=pad, **preprocess_kwargs
+        )
+    if clip.shape != want:
+        raise ValueError(f"clip has shape {clip.shape}; the model needs {want}.")
+    return clip
 
 
 def _config_of(model: Any) -> Any:
