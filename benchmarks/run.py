@@ -1,8 +1,12 @@
-"""Throughput, latency, compile time and memory of tldr_jax against PyTorch baselines, on CPU.
+"""Throughput, latency, compile time and memory of tldr_jax against PyTorch baselines, on CPU or GPU.
 
 Run ``python -m benchmarks.run --quick`` (tiny models, batch 1, a CI-sized check: < 2 minutes) or
 ``python -m benchmarks.run`` (UMT-B/16 12x224^2 and VideoMAE-B 16x224^2: the README table, kept under
 a ``--budget-min`` time budget). Results go to ``benchmarks/results/<tag>.{json,md,png}``.
+``--device gpu`` runs the same plan on the first CUDA GPU (both frameworks; more repeats), with
+``--precision fp32`` (full float32 matrix products in both: tldr_jax's default, the official numerics)
+or ``--precision tf32`` (``tldr_jax.apply(precision="tensorfloat32")`` and PyTorch's ``allow_tf32``).
+The merge similarity is float32 either way.
 
 Backends:
 
@@ -16,10 +20,11 @@ Backends:
 Method: every configuration of a (model, backend, batch) group is prepared (compiled) first; then
 the group's configurations are timed *round-robin* (one call of each per round) so that load drift
 on a shared machine hits them alike; statistics are medians over the rounds. Every call blocks
-until the result is ready (``jax.block_until_ready``; PyTorch CPU calls are synchronous). Peak
-memory is XLA's ``memory_analysis`` (arguments + outputs + temporaries of the compiled program) and
-the process's peak-RSS growth during the timed calls (``VmHWM`` after resetting it through
-``/proc/self/clear_refs``). The load average is recorded with every result.
+until the result is ready (``jax.block_until_ready``; PyTorch CPU calls are synchronous, CUDA calls
+are followed by ``torch.cuda.synchronize()``). Peak memory is XLA's ``memory_analysis`` (arguments +
+outputs + temporaries of the compiled program) and the process's peak-RSS growth during the timed
+calls (``VmHWM`` after resetting it through ``/proc/self/clear_refs``); on a GPU, PyTorch's
+``max_memory_allocated``. The load average is recorded with every result.
 """
 
 from __future__ import annotations
@@ -68,8 +73,8 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, load and library versions."""
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU, GPU (``device="gpu"``), memory, load and library versions."""
     import jax
     import torch
 
@@ -98,9 +103,56 @@ def machine_info() -> dict[str, Any]:
         "versions": versions,
         "torch_threads": torch.get_num_threads(),
         "jax_devices": [str(d) for d in jax.devices()],
+        "device": device,
+        "gpu": _gpu_info() if device == "gpu" else None,
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _gpu_info() -> dict[str, Any]:
+    """Name, memory and driver of the first CUDA device, as PyTorch and JAX see it."""
+    import jax
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": torch.cuda.get_device_name(0),
+        "memory_gb": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "jax_device_kind": jax.devices()[0].device_kind,
+        "cuda": torch.version.cuda,
+    }
+
+
+def configure_device(device: str, precision: str, use_torch: bool = True) -> None:
+    """Check that the device exists and set PyTorch's float32 matrix-product precision.
+
+    ``use_torch=False`` (JAX worker processes) leaves PyTorch unimported, so that its CUDA libraries
+    are not loaded beside XLA's. JAX's precision is ``tldr_jax.apply(precision=...)`` (prepare_jax).
+
+    Raises:
+      SystemExit: ``device="gpu"`` without a CUDA GPU visible to JAX (and PyTorch, when used).
+    """
+    import jax
+
+    if device != "gpu":
+        return
+    cuda_torch = True
+    if use_torch:
+        import torch
+
+        cuda_torch = torch.cuda.is_available()
+    if jax.default_backend() != "gpu" or not cuda_torch:
+        raise SystemExit(
+            f"--device gpu needs a CUDA GPU for JAX (default backend: {jax.default_backend()!r})"
+            + (f" and PyTorch (cuda available: {cuda_torch})" if use_torch else "")
+            + "; install jax[cuda] and a CUDA torch, or run with --device cpu."
+        )
+    if use_torch:
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def code_version(snapshot: Path | None = None) -> dict[str, Any]:
@@ -267,15 +319,27 @@ def quick_models() -> dict[str, ModelSpec]:
 
 def build_plan(
     models: dict[str, ModelSpec], quick: bool, batches: Sequence[int], repeats: int | None,
-    backends: Sequence[str],
+    backends: Sequence[str], device: str = "cpu", schedules: Sequence[str] | None = None,
 ) -> list[Group]:
-    """The groups to run, most important first (a time budget drops the tail)."""
+    """The groups to run, most important first (a time budget drops the tail).
+
+    On a GPU every group gets 20 timed rounds after 3 warm-up calls (a call takes milliseconds), and
+    the PyTorch baselines also run at the large batch.
+    """
     plan: list[Group] = []
+    gpu = device == "gpu"
 
     def add(model: str, backend: str, batch: int, labels: Sequence[str], reps: int, warm: int) -> None:
+        if gpu:
+            reps, warm = 20, 3
         if model in models and backend in backends and batch in batches:
             known = dict(models[model].schedules)
             keep = tuple(lb for lb in labels if lb.split("|")[0] in known)
+            done = {lb for g in plan if (g.model, g.backend, g.batch) == (model, backend, batch)
+                    for lb in g.labels}
+            keep = tuple(lb for lb in keep if lb not in done)  # big == 1: no second batch-1 group
+            if schedules is not None:
+                keep = tuple(lb for lb in keep if lb in schedules)
             if keep:
                 plan.append(Group(model, backend, batch, keep, repeats or reps, warm))
 
@@ -306,7 +370,12 @@ def build_plan(
     add(umt, "torch_ref_compile", 1, ["msrvtt"], 3, 1)
     add(vmae, "hf_compile", 1, ["r0"], 3, 1)
     add(vmae, "jax", big, ["r0", "solve-40%"], 2, 0)
-    add(umt, "torch_ref", big, ["msrvtt"], 2, 0)
+    add(umt, "torch_ref", big, ["r0", "msrvtt"] if gpu else ["msrvtt"], 2, 0)
+    if gpu:
+        add(vmae, "torch_ref", big, ["r0", "solve-40%"], 2, 0)
+        add(vmae, "hf", big, ["r0"], 2, 0)
+        add(umt, "torch_ref_compile", big, ["msrvtt"], 2, 0)
+        add(vmae, "hf_compile", big, ["r0"], 2, 0)
     return plan
 
 
@@ -327,12 +396,17 @@ class Prepared:
 class Context:
     """Weights and inputs shared by the configurations of a group (built once per model)."""
 
-    def __init__(self, spec: ModelSpec, batch: int, seed: int = 0) -> None:
+    def __init__(
+        self, spec: ModelSpec, batch: int, seed: int = 0, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         import tldr_jax
 
         self.spec = spec
         self.cfg = spec.config()
         self.batch = batch
+        self.torch_device = "cuda" if device == "gpu" else "cpu"
+        #: ``tldr_jax.apply(precision=...)``: TF32 only when asked for on a GPU.
+        self.jax_precision = "tensorfloat32" if device == "gpu" and precision == "tf32" else "float32"
         self.params = tldr_jax.init(seed, spec.arch, **dict(spec.overrides))
         rng = np.random.default_rng(seed)
         c = self.cfg
@@ -393,8 +467,9 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
 
     def run(tree, video):
         if variant is not None:
-            return variant_forward(tree, video, cfg=cfg, sched=sched, variant=variant)
-        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, sched)
+            with jax.default_matmul_precision(ctx.jax_precision):
+                return variant_forward(tree, video, cfg=cfg, sched=sched, variant=variant)
+        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, sched, precision=ctx.jax_precision)
         return out.tokens, out.pooled
 
     tree = jax.device_put(ctx.params.tree)
@@ -422,11 +497,17 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
 
 
 def _torch_call(model: Any, *args: Any) -> Callable[[], Any]:
+    """A blocking call of ``model(*args)`` without autograd (synchronised when on a CUDA device)."""
     import torch
+
+    on_cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
 
     def call():
         with torch.inference_mode():
-            return model(*args)
+            out = model(*args)
+        if on_cuda:
+            torch.cuda.synchronize()
+        return out
 
     return call
 
@@ -437,8 +518,8 @@ def prepare_torch_ref(ctx: Context, label: str, compiled: bool, cache: dict[str,
     from benchmarks.torch_reference import from_params, to_torch_video
 
     if "ref" not in cache:
-        cache["ref"] = from_params(ctx.params)
-        cache["video"] = to_torch_video(ctx.video)
+        cache["ref"] = from_params(ctx.params).to(ctx.torch_device)
+        cache["video"] = to_torch_video(ctx.video).to(ctx.torch_device)
         if compiled:
             cache["ref_compiled"] = torch.compile(cache["ref"], dynamic=False)
     model = cache["ref_compiled"] if compiled else cache["ref"]
@@ -461,9 +542,10 @@ def prepare_hf(ctx: Context, label: str, compiled: bool, cache: dict[str, Any]) 
             qkv_bias=True, use_mean_pooling=True, num_labels=c.num_classes or 400,
         )
         torch.manual_seed(0)
-        model = VideoMAEForVideoClassification(config).eval()
+        model = VideoMAEForVideoClassification(config).eval().to(ctx.torch_device)
         cache["hf"] = model
-        cache["hf_video"] = torch.from_numpy(np.ascontiguousarray(ctx.video.transpose(0, 1, 4, 2, 3)))
+        video = torch.from_numpy(np.ascontiguousarray(ctx.video.transpose(0, 1, 4, 2, 3)))
+        cache["hf_video"] = video.to(ctx.torch_device)
         cache["hf_attn"] = getattr(model.config, "_attn_implementation", None)
         if compiled:
             cache["hf_compiled"] = torch.compile(model, dynamic=False)
@@ -499,11 +581,16 @@ def _estimate_group_s(
     return compiling + calls * group.batch * gmac * s_per_gmac[group.backend]
 
 
-def run_group(group: Group, spec: ModelSpec, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_group(
+    group: Group, spec: ModelSpec, log: Callable[[str], None], device: str = "cpu", precision: str = "fp32"
+) -> list[dict[str, Any]]:
     """Prepare, warm up and time every configuration of a group (round-robin)."""
     import tldr_jax
 
-    ctx = Context(spec, group.batch)
+    ctx = Context(spec, group.batch, device=device, precision=precision)
+    torch_cuda = device == "gpu" and group.backend != "jax"
+    if torch_cuda:
+        import torch
     cache: dict[str, Any] = {}
     prepared: dict[str, Prepared] = {}
     errors: dict[str, str] = {}
@@ -515,6 +602,8 @@ def run_group(group: Group, spec: ModelSpec, log: Callable[[str], None]) -> list
                 prepared[label] = prepare_torch_ref(ctx, label, group.backend.endswith("compile"), cache)
             else:
                 prepared[label] = prepare_hf(ctx, label, group.backend.endswith("compile"), cache)
+            if prepared[label].compile_s is not None:
+                log(f"  {label}: compiled in {prepared[label].compile_s:.1f} s")
         except Exception as err:  # noqa: BLE001 - record why a baseline could not run, keep going
             errors[label] = f"{type(err).__name__}: {err}"[:500]
             log(f"  {label}: FAILED to prepare: {errors[label]}")
@@ -524,16 +613,21 @@ def run_group(group: Group, spec: ModelSpec, log: Callable[[str], None]) -> list
     times: dict[str, list[float]] = {label: [] for label in prepared}
     cpu: dict[str, list[float]] = {label: [] for label in prepared}
     rss_peak: dict[str, int] = dict.fromkeys(prepared, 0)
+    gpu_peak: dict[str, int] = dict.fromkeys(prepared, 0)
     loads: list[float] = []
     for _ in range(group.repeats):
         for label, p in prepared.items():
             rss0 = _status_kb("VmRSS") or 0
             reset = _reset_peak_rss()
+            if torch_cuda:
+                torch.cuda.reset_peak_memory_stats()
             cpu0 = time.process_time()
             start = time.perf_counter()
             p.call()
             times[label].append(time.perf_counter() - start)
             cpu[label].append(time.process_time() - cpu0)
+            if torch_cuda:
+                gpu_peak[label] = max(gpu_peak[label], torch.cuda.max_memory_allocated())
             hwm = _status_kb("VmHWM") if reset else None
             if hwm is not None:
                 rss_peak[label] = max(rss_peak[label], hwm - rss0)
@@ -571,6 +665,7 @@ def run_group(group: Group, spec: ModelSpec, log: Callable[[str], None]) -> list
                 cpu_utilisation=statistics.median(c / w for c, w in zip(cpu[label], t)),
                 compile_s=prepared[label].compile_s,
                 rss_peak_delta_mb=rss_peak[label] / 1024 if rss_peak[label] else None,
+                gpu_peak_mb=gpu_peak[label] / 2**20 if gpu_peak[label] else None,
                 loadavg_1m=[min(loads), max(loads)],
                 **prepared[label].info,
             )
@@ -788,10 +883,21 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The results as markdown (machine, main table, targets, XLA flops, profile)."""
     m = report["machine"]
-    lines = [
-        f"# tldr_jax benchmarks ({report['mode']})",
+    gpu = m.get("gpu")
+    precision = report["settings"].get("precision", "fp32")
+    gpu_line = [] if not gpu else [
+        f"**GPU: {gpu['name']}** ({gpu['memory_gb']} GB, {gpu['multiprocessors']} SMs, CUDA {gpu['cuda']}; "
+        f"JAX device kind {gpu['jax_device_kind']}). Both frameworks on the GPU; float32 matrix products in "
+        f"**{precision}** (`tldr_jax.apply(precision=...)`, PyTorch `allow_tf32`); the merge "
+        "similarity is float32 in both. The host below only launches work; its load does not matter.",
         "",
-        f"Machine: {m['cpu_model']} ({m['cpu_family_model']}, {m['cpus_usable']} usable CPUs, "
+    ]
+    lines = [
+        f"# tldr_jax benchmarks ({report['mode']}{', GPU' if gpu else ''})",
+        "",
+        *gpu_line,
+        f"{'Host' if gpu else 'Machine'}: {m['cpu_model']} ({m['cpu_family_model']}, "
+        f"{m['cpus_usable']} usable CPUs, "
         f"{', '.join(m['cpu_flags'])}), {m['mem_total_gb']} GB RAM; load average at start "
         f"{m['loadavg_start'][0]:.1f} / {m['loadavg_start'][1]:.1f} / {m['loadavg_start'][2]:.1f} "
         f"(1/5/15 min) on a machine **shared** with other jobs, so absolute numbers are noisy. "
@@ -811,7 +917,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"(OMP_WAIT_POLICY={report['settings']['omp_wait_policy']}).",
         "",
         "| model | backend | schedule | batch | tokens | GFLOPs | latency ms | clips/s | speed-up "
-        "| FLOPs ratio | eff. | compile s | XLA MB | RSS Δ MB | cores | load |",
+        f"| FLOPs ratio | eff. | compile s | {'XLA / CUDA' if gpu else 'XLA'} MB | RSS Δ MB | cores | load |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
@@ -825,13 +931,15 @@ def markdown(report: dict[str, Any]) -> str:
             )
             continue
         lo, hi = row["latency_min_s"] * 1e3, row["latency_max_s"] * 1e3
-        lat = f"{row['latency_s'] * 1e3:.0f} [{lo:.0f}–{hi:.0f}]"
+        digits = 1 if row["latency_s"] < 0.1 else 0
+        lat = f"{row['latency_s'] * 1e3:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+        device_mb = row.get("xla_peak_mb") or row.get("gpu_peak_mb")
         lines.append(
             f"| {row['model']} | {row['backend']} | {row['schedule']} | {row['batch']} | "
             f"{row['tokens_in']}→{row['tokens_out']} | {row['gflops_per_clip']:.1f} | {lat} | "
             f"{row['clips_per_s']:.3f} | {_fmt(row.get('speedup_vs_r0'))} | {_fmt(row.get('flops_ratio'))} | "
             f"{_fmt(row.get('efficiency'))} | {_fmt(row.get('compile_s'), '.1f')} | "
-            f"{_fmt(row.get('xla_peak_mb'), '.0f')} | {_fmt(row.get('rss_peak_delta_mb'), '.0f')} | "
+            f"{_fmt(device_mb, '.0f')} | {_fmt(row.get('rss_peak_delta_mb'), '.0f')} | "
             f"{_fmt(row.get('cpu_utilisation'), '.1f')} | "
             f"{row['loadavg_1m'][0]:.1f}–{row['loadavg_1m'][1]:.1f} |"
         )
@@ -995,8 +1103,9 @@ def plot(report: dict[str, Any], path: Path, models: dict[str, ModelSpec]) -> bo
     ax3.set_title("Merging: wall-clock speed-up vs FLOPs reduction")
     ax3.legend(fontsize=7)
     m = report["machine"]
-    fig.suptitle(f"{m['cpu_model']}, {m['cpus_usable']} CPUs (shared, load {m['loadavg_start'][0]:.1f}); "
-                 f"{report['mode']}", fontsize=9)
+    where = (f"{m['gpu']['name']}, {report['settings'].get('precision')}" if m.get("gpu") else
+             f"{m['cpu_model']}, {m['cpus_usable']} CPUs (shared, load {m['loadavg_start'][0]:.1f})")
+    fig.suptitle(f"{where}; {report['mode']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -1024,6 +1133,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tag", default=None, help="output file stem (default: bench / bench_quick)")
     parser.add_argument("--budget-min", type=float, default=None,
                         help="skip groups that would overrun this many minutes (default 15 full, 2 quick)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                        help="where both frameworks run (gpu: the first CUDA device; more repeats)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32"),
+                        help="GPU float32 matrix products: fp32 (default: full float32 in both, the "
+                        "official numerics) or tf32 (tldr_jax.apply(precision='tensorfloat32'), PyTorch "
+                        "allow_tf32). Ignored on CPU")
+    parser.add_argument("--schedules", default=None,
+                        help="comma-separated schedule labels to keep (e.g. r0,msrvtt,solve-40%%)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-block profile")
     parser.add_argument("--profile-repeats", type=int, default=None, help="repeats per profiled piece")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "unset"),
@@ -1047,6 +1164,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = _work(json.loads(args.worker), log)
         args.worker_out.write_text(json.dumps(result, default=str))
         return {"worker": True}
+    gpu = args.device == "gpu"
+    if gpu:  # the parent process only inspects the device; the workers allocate
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     models = quick_models() if args.quick else full_models()
     if args.models:
         wanted = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -1061,7 +1181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if bad:
         raise SystemExit(f"unknown backend(s) {bad}; choose from {BACKENDS}")
     budget_s = 60 * (args.budget_min if args.budget_min is not None else (2 if args.quick else 15))
-    tag = args.tag or ("bench_quick" if args.quick else "bench")
+    tag = args.tag or ("bench_quick" if args.quick else "bench") + ("_gpu" if gpu else "")
     args.out.mkdir(parents=True, exist_ok=True)
     args.out = args.out.resolve()
     import tempfile
@@ -1071,12 +1191,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import torch
 
+    configure_device(args.device, args.precision)
     report: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "argv": list(sys.argv[1:] if argv is None else argv),
-        "machine": machine_info(),
+        "machine": machine_info(args.device),
         "code": code_version(args.snapshot),
         "settings": {"batches": batches, "backends": list(backends), "budget_s": budget_s,
+                     "device": args.device, "precision": args.precision if gpu else "fp32",
                      "torch_threads": torch.get_num_threads(), "omp_wait_policy": args.omp_wait_policy,
                      "isolated_processes": not args.in_process},
         "results": [],
@@ -1085,12 +1207,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     m = report["machine"]
     log(f"{m['cpu_model']} ({m['cpu_family_model']}), {m['cpus_usable']} CPUs, load {m['loadavg_start']}")
-    plan = build_plan(models, args.quick, batches, args.repeats, backends)
+    if gpu:
+        log(f"GPU: {m['gpu']['name']} ({m['gpu']['memory_gb']} GB), float32 matmuls: {args.precision}")
+    schedules = [s.strip() for s in args.schedules.split(",")] if args.schedules else None
+    plan = build_plan(models, args.quick, batches, args.repeats, backends, device=args.device,
+                      schedules=schedules)
     # Initial guesses (seconds per GMAC; compile seconds per configuration), replaced by measurements.
-    s_per_gmac = {"jax": 0.03, "torch_ref": 0.04, "torch_ref_compile": 0.04, "hf": 0.04, "hf_compile": 0.04}
+    s_per_gmac = dict.fromkeys(BACKENDS, 3e-5 if gpu else 0.04) | {"jax": 3e-5 if gpu else 0.03}
     compile_s = {"jax": 4.0 if args.quick else 12.0, "torch_ref_compile": 40.0 if args.quick else 150.0,
                  "hf_compile": 40.0 if args.quick else 150.0}
-    profile_reserve = 0.0 if args.no_profile else (10.0 if args.quick else 120.0)
+    if gpu:
+        compile_s = {"jax": 8.0, "torch_ref_compile": 60.0, "hf_compile": 60.0}
+    profile_reserve = 0.0 if args.no_profile else (10.0 if args.quick or gpu else 120.0)
     profile_done = args.no_profile
     for i, group in enumerate(plan):
         spec = models[group.model]
@@ -1155,7 +1283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _run_profile(spec: ModelSpec, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"profile {spec.key} {spec.main} per block (each piece jitted alone)")
-    repeats = args.profile_repeats or (5 if args.quick else 2)
+    repeats = args.profile_repeats or (10 if args.device == "gpu" else 5 if args.quick else 2)
     try:
         return _isolated("profile", args, log, model=spec.key, repeats=repeats)
     except Exception as err:  # noqa: BLE001 - keep the timing results even if profiling breaks
@@ -1171,7 +1299,7 @@ def _isolated(kind: str, args: argparse.Namespace, log: Callable[[str], None], *
     (OpenMP barrier stalls), and memory, thread pools and ``torch.compile`` caches do not carry over.
     ``--in-process`` runs everything in this process instead (for debugging).
     """
-    job = {"kind": kind, "quick": args.quick, **job}
+    job = {"kind": kind, "quick": args.quick, "device": args.device, "precision": args.precision, **job}
     if args.in_process:
         return _work(job, log)
     import subprocess
@@ -1193,10 +1321,13 @@ def _isolated(kind: str, args: argparse.Namespace, log: Callable[[str], None], *
 
 def _work(job: dict[str, Any], log: Callable[[str], None]) -> Any:
     """The body of a worker process: one timing group or the per-block profile."""
+    device, precision = job.get("device", "cpu"), job.get("precision", "fp32")
+    uses_torch = job["kind"] == "group" and job["group"]["backend"] != "jax"
+    configure_device(device, precision, use_torch=uses_torch)
     models = quick_models() if job["quick"] else full_models()
     if job["kind"] == "group":
         group = Group(**{**job["group"], "labels": tuple(job["group"]["labels"])})
-        return run_group(group, models[group.model], log)
+        return run_group(group, models[group.model], log, device=device, precision=precision)
     spec = models[job["model"]]
     return profile_blocks(spec, spec.main, job["repeats"], log)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+#: ``../shared/golden`` beside the clone, or the folder named by ``TLDR_GOLDEN_DIR`` (e.g. a copy
+#: taken to a GPU machine).
+GOLDEN_DIR = Path(
+    os.environ.get("TLDR_GOLDEN_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+)
 
 # Our float32 model matches the official float32 numbers to ~2.3e-5 (max abs, tokens), not 1e-5: the
 # tiny golden model's attention is near-uniform, so the saliency's min-max normalisation divides by a

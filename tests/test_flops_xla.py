@@ -85,7 +85,9 @@ def _compile(arch: str, overrides: dict, r, batch: int, method: str):
     video = jnp.zeros((batch, cfg.num_frames, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
 
     def run(tree, video):
-        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, r, method=method)
+        # precision=None: the model's dots keep JAX's default precision (on CPU the same float32
+        # arithmetic), so the merge similarity stays the one HIGHEST-precision dot (see _term).
+        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, r, method=method, precision=None)
         return out.tokens, out.pooled, out.logits, out.embedding
 
     compiled = jax.jit(run).lower(params.tree, video).compile()

@@ -225,3 +225,27 @@ def test_per_clip_and_chunked_attention_equal_standard(monkeypatch, method):
         np.testing.assert_allclose(other["tokens"], standard["tokens"], atol=1e-5)
         np.testing.assert_allclose(other["size"], standard["size"], atol=1e-5)
         np.testing.assert_array_equal(other["source"].owner, standard["source"].owner)
+
+
+def _dot_precisions(params, video, **kwargs):
+    import re
+
+    text = str(jax.make_jaxpr(lambda v: tldr_jax.apply(params, v, 2, **kwargs).tokens)(video))
+    return set(re.findall(r"precision=\(Precision\.(\w+)", text)) | (
+        {"None"} if "precision=None" in text else set()
+    )
+
+
+def test_precision_reaches_every_matrix_product():
+    params = tldr_jax.init(0, "videomae_s", **TINY)
+    video = jnp.zeros((1, 4, 32, 32, 3))
+    assert _dot_precisions(params, video) == {"HIGHEST"}  # default: float32, the official numerics
+    # TF32 for the model's products; the merge similarity stays float32 (HIGHEST).
+    assert _dot_precisions(params, video, precision="tensorfloat32") == {"HIGH", "HIGHEST"}
+    assert "None" in _dot_precisions(params, video, precision=None)  # JAX's own setting decides
+
+
+def test_precision_error_names_value_and_fix():
+    params = tldr_jax.init(0, "videomae_s", **TINY)
+    with pytest.raises(ValueError, match=r"precision must be one of .*'fast'.*'float32' for the official"):
+        tldr_jax.apply(params, jnp.zeros((1, 4, 32, 32, 3)), 0, precision="fast")
