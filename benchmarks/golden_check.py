@@ -13,33 +13,31 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import MODEL_ATOL, golden_schedules, load_umt_tiny  # noqa: E402  (tests/ helpers)
 
-def golden_errors(golden_dir: Path, precision: str | None) -> dict[str, dict[str, float]]:
+
+def golden_errors(
+    params: Any, gold: dict[str, np.ndarray], precision: str | None
+) -> dict[str, dict[str, float]]:
     """Per schedule: max abs error of tokens, pooled and size against the golden data.
 
     Args:
-      golden_dir: folder with ``umt_tiny.pth`` and ``golden_model.npz``.
+      params: the official tiny UMT (``conftest.load_umt_tiny``).
+      gold: the arrays of ``golden_model.npz``.
       precision: passed to :func:`tldr_jax.apply`.
 
     Returns:
       ``{schedule: {"tokens": err, "pooled": err, "size": err}}`` (``inf`` where the shapes differ).
     """
     import jax.numpy as jnp
-    import torch
 
     import tldr_jax
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import UMT_TINY, golden_schedules, umt_tiny_tree
-
-    sd = {k: v.numpy() for k, v in torch.load(golden_dir / "umt_tiny.pth", weights_only=True).items()}
-    params = tldr_jax.init(0, "umt_b16", **UMT_TINY)
-    params = params.replace(tree=tldr_jax.api.jax.tree_util.tree_map(jnp.asarray, umt_tiny_tree(sd)))
-    with np.load(golden_dir / "golden_model.npz") as data:
-        gold = {k: data[k] for k in data.files}
     video = jnp.asarray(gold["video_bcthw"].transpose(0, 2, 3, 4, 1))
     errors = {}
     for name in golden_schedules(gold):
@@ -64,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     default = Path(__file__).resolve().parents[2] / "shared" / "golden"
     golden_dir = Path(args[0] if args else os.environ.get("TLDR_GOLDEN_DIR") or default)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import MODEL_ATOL
+    params = load_umt_tiny(golden_dir / "umt_tiny.pth")
+    with np.load(golden_dir / "golden_model.npz") as data:
+        gold = {k: data[k] for k in data.files}
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); golden: {golden_dir}")
     worst_default = 0.0
     for precision in ("float32", "tensorfloat32"):
-        errors = golden_errors(golden_dir, precision)
+        errors = golden_errors(params, gold, precision)
         worst = max(max(row.values()) for row in errors.values())
         if precision == "float32":
             worst_default = worst

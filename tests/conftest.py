@@ -77,18 +77,25 @@ UMT_TINY = dict(embed_dim=64, depth=3, num_heads=2, mlp_dim=256, num_frames=4, i
 @pytest.fixture(scope="session")
 def umt_golden_params():
     """``tldr_jax.Params`` holding the official tiny UMT weights (``umt_tiny.pth``)."""
-    torch = pytest.importorskip("torch")
-    import jax.numpy as jnp
-
-    import tldr_jax
-
+    pytest.importorskip("torch")
     path = GOLDEN_DIR / "umt_tiny.pth"
     if not path.exists():
         pytest.skip(f"golden weights {path} not found")
+    return load_umt_tiny(path)
+
+
+def load_umt_tiny(path: Path):
+    """``tldr_jax.Params`` of the official tiny UMT checkpoint at ``path`` (also used by
+    ``benchmarks/golden_check.py``)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import tldr_jax
+
     sd = {k: v.numpy() for k, v in torch.load(path, weights_only=True, map_location="cpu").items()}
     params = tldr_jax.init(0, "umt_b16", **UMT_TINY)
-    tree = umt_tiny_tree(sd)
-    return params.replace(tree=__import__("jax").tree_util.tree_map(jnp.asarray, tree))
+    return params.replace(tree=jax.tree_util.tree_map(jnp.asarray, umt_tiny_tree(sd)))
 
 
 @pytest.fixture(scope="session")

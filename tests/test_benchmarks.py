@@ -9,7 +9,6 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("benchmarks.run") is None,
                                 reason="benchmarks/ not present")
 
-ALL = ("jax", "torch_ref", "torch_ref_compile", "hf", "hf_compile")
 
 
 def _groups(plan):
@@ -17,21 +16,22 @@ def _groups(plan):
 
 
 def test_plan_has_no_duplicate_configurations():
-    from benchmarks.run import build_plan, full_models
+    from benchmarks.run import BACKENDS, build_plan, full_models
 
     for batches in ([1], [1, 8]):
         seen = set()
-        for model, backend, batch, labels in _groups(build_plan(full_models(), False, batches, None, ALL)):
+        plan = build_plan(full_models(), False, batches, None, BACKENDS)
+        for model, backend, batch, labels in _groups(plan):
             for label in labels:
                 assert (model, backend, batch, label) not in seen
                 seen.add((model, backend, batch, label))
 
 
 def test_gpu_plan_repeats_more_and_times_pytorch_at_the_large_batch():
-    from benchmarks.run import build_plan, full_models
+    from benchmarks.run import BACKENDS, build_plan, full_models
 
-    cpu = build_plan(full_models(), False, [1, 8], None, ALL)
-    gpu = build_plan(full_models(), False, [1, 8], None, ALL, device="gpu")
+    cpu = build_plan(full_models(), False, [1, 8], None, BACKENDS)
+    gpu = build_plan(full_models(), False, [1, 8], None, BACKENDS, device="gpu")
     assert all(g.repeats == 20 and g.warmup == 3 for g in gpu)
     assert max(g.repeats for g in cpu) < 20
     big = {(m, b) for m, b, batch, _ in _groups(gpu) if batch == 8}
