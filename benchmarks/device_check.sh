@@ -1,34 +1,34 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (about 9 minutes; the lease is 15 minutes in all, start included):
-# library versions, golden parity on the GPU per matrix-product precision, an XLA-flags probe of the
-# unmerged UMT-B (is the float32 GEMM the gap?), then the GPU benchmark of the headline schedules.
+# One call on a lent GPU machine (about 8 minutes; the lease is 15 minutes in all, start included):
+# library versions; an XLA-flags probe (GEMM rates and UMT-B latency per flag set, PyTorch's GEMM rates
+# beside them) that picks the flags; golden parity on the GPU under them; then the GPU benchmark of the
+# headline schedules under them.
 #
 # Usage, from the repository root: OUT=<results dir> TLDR_GOLDEN_DIR=<folder with golden_model.npz
 # and umt_tiny.pth> bash benchmarks/device_check.sh
+# Smoke test of the script on a CPU (tiny models, a minute or two): DEV=cpu QUICK=1 bash benchmarks/device_check.sh
 #
-# Learned on an H200 (2026-11-26): compiling a merging schedule takes 15-37 s there even with
-# autotuning off, so the full 10-schedule UMT-B group alone outran a 330 s limit with autotuning on;
-# hence --schedules and the autotune level below.
+# Learned on an H200 (2026-11-26): with --xla_gpu_autotune_level=0 tldr_jax was 3.3-4x slower than
+# PyTorch (XLA then gives every Triton GEMM a 32x32x32 tile), and with autotuning on, the ten merging
+# UMT-B programs did not compile within 330 s. benchmarks/xla_probe.py measures the alternatives.
 set -u
 OUT=${OUT:-/tmp/tldr_device}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-BENCH="$PY -m benchmarks.run --device gpu --no-profile --out $OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+DEV=${DEV:-gpu}
+if [ -n "${QUICK:-}" ]; then Q="--quick --repeats 3"; SCHED=""; else Q=""; SCHED="--schedules r0,msrvtt,solve-40%"; fi
+[ "$DEV" = gpu ] && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
 $PY -c "import jax, flax, torch, transformers as t; print('jax', jax.__version__, 'flax', flax.__version__,
 'torch', torch.__version__, 'transformers', t.__version__, jax.devices())"
+timeout 300 $PY -m benchmarks.xla_probe --device "$DEV" $Q --sets cublas,notune,default --timeout 110 \
+  --out "$OUT" > "$OUT/xla_probe.log" 2>&1
+grep -v -i warn "$OUT/xla_probe.log" | grep -E "^\||^==|compiled|XLA_FLAGS=|Error|error" | tail -30
+BEST=$(grep "^XLA_FLAGS=" "$OUT/xla_probe.log" | tail -1 | cut -d= -f2-)
+BEST=${BEST:---xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false}
+echo "== benchmarking with XLA_FLAGS='$BEST'"
+export XLA_FLAGS="$BEST"
 timeout 90 $PY -m benchmarks.golden_check 2>&1 | grep -v Warning | tee "$OUT/golden_gpu.txt"
-probe() {  # probe NAME PRECISION FLAGS: UMT-B r0, batch 1, tldr_jax only
-  echo "== probe $1: precision $2, XLA_FLAGS='$3'"
-  XLA_FLAGS="$3" timeout 60 $BENCH --precision "$2" --models umt_b16 --batch 1 --backends jax \
-    --schedules r0 --budget-min 0.8 --tag "probe_$1" 2>&1 | grep -E " r0:|compiled"
-}
-probe notune_fp32 fp32 "--xla_gpu_autotune_level=0"
-probe notune_tf32 tf32 "--xla_gpu_autotune_level=0"
-probe cublas_fp32 fp32 "--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false"
-probe default_fp32 fp32 ""
-XLA_FLAGS=${XLA_FLAGS:---xla_gpu_autotune_level=0} timeout 200 $BENCH --precision fp32 \
-  --schedules r0,msrvtt,solve-40% --backends jax,torch_ref,hf --budget-min 3.0 > "$OUT/bench_gpu.log" 2>&1
+timeout 230 $PY -m benchmarks.run --device "$DEV" --no-profile --out "$OUT" --precision fp32 \
+  $Q $SCHED --backends jax,torch_ref,hf --budget-min 3.2 > "$OUT/bench_gpu.log" 2>&1
 grep -v Warning "$OUT/bench_gpu.log" | grep -v "warn(" | tail -40
-rm -f "$OUT"/probe*  # at most 8 files come back

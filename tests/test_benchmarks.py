@@ -81,3 +81,63 @@ def test_markdown_names_the_gpu_and_precision():
     assert "XLA / CUDA MB" in text and "| 12.3 [12.0–13.0] |" in text  # sub-100 ms: one decimal
     cpu_text = markdown(_report(None))
     assert "GPU" not in cpu_text and cpu_text.count("Machine: Host CPU") == 1
+
+
+def _probe_result(r0_ms, merged_ms=None):
+    rows = [{"schedule": "r0", "latency_s": r0_ms / 1e3, "compile_s": 2.0}]
+    if merged_ms is not None:
+        rows.append({"schedule": "msrvtt", "latency_s": merged_ms / 1e3, "compile_s": 9.0})
+    gemms = [{"name": n, "tflops": 1.5} for n in ("qkv", "mlp_fc1", "mlp_fc2", "attn_logits", "attn_values")]
+    return {"apply": rows, "gemms": gemms, "device_kind": "NVIDIA H200"}
+
+
+def test_xla_probe_picks_the_fastest_set_that_compiles_fast():
+    from benchmarks.xla_probe import pick_best
+
+    results = {"notune": _probe_result(81.6), "cublas": _probe_result(22.0, 15.0),
+               "default": _probe_result(20.0), "broken": {"error": "did not finish in 110 s"}}
+    fast = {"notune": True, "cublas": True, "default": False, "broken": True}
+    assert pick_best(results, fast) == "cublas"  # "default" is faster but compiles too slowly
+    assert pick_best(results, dict(fast, default=True)) == "default"
+    assert pick_best({"broken": {"error": "x"}, "default": _probe_result(20.0)}, fast) is None
+
+
+def test_xla_probe_report_has_a_row_per_set_and_the_pytorch_reference():
+    from benchmarks.xla_probe import gemm_shapes, markdown
+
+    shapes = gemm_shapes(quick=False)
+    assert dict(shapes)["mlp_fc1"] == (1, 2352, 768, 3072)  # UMT-B/16, 12 x 224^2: 2352 tokens, width 768
+    assert dict(shapes)["attn_logits"] == (12, 2352, 64, 2352)
+    report = {"machine": "NVIDIA H200", "model": "UMT-B/16", "gemm_shapes": shapes, "best": "cublas",
+              "sets": {"cublas": {"flags": "--xla_gpu_enable_triton_gemm=false", "precision": "fp32"},
+                       "default": {"flags": "", "precision": "fp32"}},
+              "results": {"cublas": _probe_result(22.0, 15.0),
+                          "default": {"error": "did not finish in 110 s"}},
+              "torch_gemms": [{"tflops": 40.0} for _ in shapes]}
+    text = markdown(report)
+    assert "**cublas**" in text and "NVIDIA H200" in text
+    assert "| cublas | `--xla_gpu_enable_triton_gemm=false` | fp32 | 22.0 | 2.0 | 15.0 | 9.0 |" in text
+    assert "| default | `(none)` | fp32 | did not finish in 110 s |" in text
+    assert "| PyTorch `bmm` |" in text and "40.0" in text
+
+
+def test_xla_probe_rejects_an_unknown_flag_set():
+    from benchmarks.xla_probe import main
+
+    with pytest.raises(SystemExit, match="unknown flag set.*'fast'.*choose from"):
+        main(["--device", "cpu", "--sets", "cublas,fast"])
+
+
+def test_xla_probe_runs_end_to_end_on_cpu(tmp_path, capsys):
+    from benchmarks.xla_probe import FLAG_SETS, main
+
+    report = main(["--device", "cpu", "--quick", "--repeats", "1", "--sets", "cublas",
+                   "--out", str(tmp_path)])
+    res = report["results"]["cublas"]
+    assert "error" not in res, res
+    assert [row["schedule"] for row in res["apply"]] == ["r0", "msrvtt-scaled"]
+    assert all(row["latency_s"] > 0 for row in res["apply"])
+    assert [g["name"] for g in res["gemms"]] == [g["name"] for g in report["torch_gemms"]]
+    assert report["best"] == "cublas"
+    assert (tmp_path / "xla_probe.json").exists() and (tmp_path / "xla_probe.md").exists()
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"XLA_FLAGS={FLAG_SETS['cublas'][0]}"
