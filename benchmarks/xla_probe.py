@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import RESULTS_DIR, Group, configure_device, full_models, quick_models, run_group
+from benchmarks.run import (
+    RESULTS_DIR,
+    Group,
+    _median_time,
+    configure_device,
+    full_models,
+    quick_models,
+    run_group,
+)
 
 # name -> (XLA_FLAGS, matmul precision, schedules, compiles fast enough for the whole benchmark)
 FLAG_SETS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
@@ -78,13 +85,7 @@ def time_jax_gemms(quick: bool, repeats: int, precision: str) -> list[dict[str, 
         start = time.perf_counter()
         compiled = fn.lower(a, w).compile()
         compile_s = time.perf_counter() - start
-        compiled(a, w).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            compiled(a, w).block_until_ready()
-            times.append(time.perf_counter() - start)
-        med = statistics.median(times)
+        med = _median_time(lambda c=compiled, x=a, y=w: c(x, y).block_until_ready(), repeats)
         rows.append({"name": name, "shape": list(shape), "ms": med * 1e3, "tflops": _tflops(shape, med),
                      "compile_s": compile_s})
     return rows
@@ -104,15 +105,7 @@ def time_torch_gemms(quick: bool, repeats: int, device: str) -> list[dict[str, A
         b, m, k, n = shape
         a = torch.randn(b, m, k, generator=gen).to(dev)
         w = torch.randn(b, k, n, generator=gen).to(dev)
-        torch.bmm(a, w)
-        sync()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.bmm(a, w)
-            sync()
-            times.append(time.perf_counter() - start)
-        med = statistics.median(times)
+        med = _median_time(lambda x=a, y=w: (torch.bmm(x, y), sync()), repeats)
         rows.append({"name": name, "shape": list(shape), "ms": med * 1e3, "tflops": _tflops(shape, med)})
     return rows
 
