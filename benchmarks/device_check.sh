@@ -9,7 +9,7 @@
 # Smoke test of the script on a CPU (tiny models, a minute or two): DEV=cpu QUICK=1 bash benchmarks/device_check.sh
 #
 # Learned on an H200 (2026-11-26): with --xla_gpu_autotune_level=0 tldr_jax was 3.3-4x slower than
-# PyTorch (XLA then gives every Triton GEMM a 32x32x32 tile), and with autotuning on, the ten merging
+# PyTorch (XLA then uses untuned Triton GEMM tiles and never tries cuBLAS), and with autotuning on, the ten merging
 # UMT-B programs did not compile within 330 s. benchmarks/xla_probe.py measures the alternatives.
 set -u
 OUT=${OUT:-/tmp/tldr_device}

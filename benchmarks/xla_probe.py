@@ -13,11 +13,12 @@ programs compile quickly as its last line (``benchmarks/device_check.sh`` benchm
 
 Why: on the first GPU lease (an H200) the benchmarks ran with ``--xla_gpu_autotune_level=0`` (with
 autotuning on, compiling ten merging programs did not fit the lease) and tldr_jax was 3.3-4x slower than
-PyTorch already without merging. XLA's GEMM-fusion autotuner source
-(``xla/service/gpu/autotuning/gemm_fusion_autotuner.cc``, ``kDefaultGemmTiling``) gives every Triton GEMM
-a 32x32x32 tile with one pipeline stage when autotuning is off, and XLA's defaults route every supported
-dot to Triton (``xla_gpu_triton_gemm_any``). ``cublas`` below keeps autotuning off but sends the dots to
-cuBLAS. ``--quick`` probes tiny shapes (CI / CPU smoke test).
+PyTorch already without merging. XLA's defaults route every supported dot to a Triton GEMM fusion
+(``xla_gpu_triton_gemm_any``), and with autotuning off its GEMM-fusion autotuner
+(``xla/service/gpu/autotuning/gemm_fusion_autotuner.cc``) times no tile size and never tries cuBLAS: older
+versions use a fixed 32x32x32 tile (``kDefaultGemmTiling``), current ones the first configuration of a
+default search space. ``cublas`` below keeps autotuning off but sends the dots to cuBLAS. ``--quick``
+probes tiny shapes (CI / CPU smoke test).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def probe_worker(job: dict[str, Any]) -> dict[str, Any]:
                      precision=job["precision"])
     keep = ("schedule", "latency_s", "latency_min_s", "latency_max_s", "compile_s", "gflops_per_clip",
             "error")
-    return {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind, "gemms": gemms,
+    return {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "gemms": gemms,
             "apply": [{k: row[k] for k in keep if k in row} for row in rows]}
 
 
@@ -228,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 results[name] = {"error": f"did not finish in {args.timeout:.0f} s"}
     best = pick_best(results, {name: FLAG_SETS[name][3] for name in names})
-    device_kind = next((r["device_kind"] for r in results.values() if "device_kind" in r), args.device)
+    done = [r for r in results.values() if "device_kind" in r]
+    device_kind = f"{done[0]['device_kind']}, jax {done[0]['jax']}" if done else args.device
     report = {
         "machine": device_kind,
         "model": "UMT-B/16 (12 x 224^2)" if not args.quick else "tiny UMT stand-in (8 x 112^2, width 192)",
