@@ -44,7 +44,8 @@ from benchmarks.run import (
     run_group,
 )
 
-# name -> (XLA_FLAGS, matmul precision, schedules, compiles fast enough for the whole benchmark)
+# name -> (XLA_FLAGS, matmul precision, schedules, eligible for the headline benchmark: float32 products and
+# programs that compile quickly enough for all its schedules)
 FLAG_SETS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     "notune": ("--xla_gpu_autotune_level=0", "fp32", ("r0",), True),
     "cublas": ("--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false", "fp32", ("r0", "main"), True),
@@ -130,20 +131,20 @@ def probe_worker(job: dict[str, Any]) -> dict[str, Any]:
             "apply": [{k: row[k] for k in keep if k in row} for row in rows]}
 
 
-def pick_best(results: dict[str, dict[str, Any]], fast_compile: dict[str, bool]) -> str | None:
-    """The flag set with the lowest unmerged-model latency among those that finished and compile fast.
+def pick_best(results: dict[str, dict[str, Any]], eligible: dict[str, bool]) -> str | None:
+    """The flag set with the lowest unmerged-model latency among the eligible ones that finished.
 
     Args:
       results: name -> the probe's result (``{"apply": [{"schedule", "latency_s", ...}]}``) or
         ``{"error": ...}``.
-      fast_compile: name -> whether its programs compile fast enough for the whole benchmark.
+      eligible: name -> whether the set may run the headline benchmark (float32, quick to compile).
 
     Returns:
       The name, or ``None`` when no eligible set finished.
     """
     best, best_s = None, float("inf")
     for name, res in results.items():
-        if not fast_compile.get(name) or "apply" not in res:
+        if not eligible.get(name) or "apply" not in res:
             continue
         r0 = next((row for row in res["apply"] if row["schedule"] == "r0" and "latency_s" in row), None)
         if r0 is not None and r0["latency_s"] < best_s:
@@ -156,8 +157,8 @@ def markdown(report: dict[str, Any]) -> str:
     sets = report["sets"]
     lines = [f"# XLA flag probe ({report['machine']})", "",
              f"{report['model']} at batch 1 (tldr_jax.apply; latency median in ms, compile in s), and the "
-             "float32 matrix products of one of its blocks in TFLOP/s. Best flag set (fast-compiling, lowest "
-             f"unmerged latency): **{report['best'] or 'none'}**.", "",
+             "float32 matrix products of one of its blocks in TFLOP/s. Best flag set (float32, quick to "
+             f"compile, lowest unmerged latency): **{report['best'] or 'none'}**.", "",
              "| flag set | XLA_FLAGS | precision | r0 ms | r0 compile s | merged ms | merged compile s | "
              + " | ".join(n for n, _ in report["gemm_shapes"]) + " |",
              "|---|---|---|---:|---:|---:|---:|" + "---:|" * len(report["gemm_shapes"])]
