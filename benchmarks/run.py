@@ -1302,20 +1302,46 @@ def _isolated(kind: str, args: argparse.Namespace, log: Callable[[str], None], *
     job = {"kind": kind, "quick": args.quick, "device": args.device, "precision": args.precision, **job}
     if args.in_process:
         return _work(job, log)
+    env = {} if args.omp_wait_policy == "unset" else {"OMP_WAIT_POLICY": args.omp_wait_policy}
+    return run_worker("benchmarks.run", job, root=args.snapshot, env=env)
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed or wrote no result; ``returncode`` is its exit status."""
+
+    def __init__(self, module: str, returncode: int, job: dict[str, Any]) -> None:
+        super().__init__(f"{module} worker failed (exit {returncode}): {job}")
+        self.returncode = returncode
+
+
+def run_worker(
+    module: str, job: dict[str, Any], *, root: Path | None = None, env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Run ``python -m module --worker JOB --worker-out FILE`` in a fresh process; return its JSON result.
+
+    Args:
+      module: a module whose ``main`` writes ``--worker``'s result as JSON to ``--worker-out``.
+      job: the JSON-serialisable job.
+      root: the source tree to import (default: this checkout); it goes first on ``PYTHONPATH``.
+      env: variables set for the worker on top of this process's environment.
+      timeout: seconds before the worker is killed (``subprocess.TimeoutExpired``).
+
+    Raises:
+      WorkerError: the worker failed or wrote no result.
+    """
     import subprocess
     import tempfile
 
+    root = root or Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "benchmarks.run", "--worker", json.dumps(job), "--worker-out", str(out)]
-        root = args.snapshot or Path(__file__).resolve().parents[1]
-        path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=path)
-        if args.omp_wait_policy != "unset":
-            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-        proc = subprocess.run(cmd, cwd=root, env=env, check=False)
+        cmd = [sys.executable, "-m", module, "--worker", json.dumps(job), "--worker-out", str(out)]
+        proc = subprocess.run(cmd, cwd=root, env={**os.environ, **(env or {}), "PYTHONPATH": path},
+                              timeout=timeout, check=False)
         if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"benchmark worker failed (exit {proc.returncode}): {kind} {job}")
+            raise WorkerError(module, proc.returncode, job)
         return json.loads(out.read_text())
 
 
