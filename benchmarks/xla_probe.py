@@ -9,7 +9,8 @@ process (``XLA_FLAGS`` is read once, when the backend starts) that times
 
 then times the same matrix products in PyTorch (float32, TF32 off) as the reference, writes
 ``DIR/xla_probe.{json,md}``, prints the table, and prints ``XLA_FLAGS=<flags>`` of the fastest set whose
-programs compile quickly as its last line (``benchmarks/device_check.sh`` benchmarks with it).
+programs compile quickly as its last line (``cublas`` if none finished; ``benchmarks/device_check.sh``
+benchmarks with it).
 
 Why: on the first GPU lease (an H200) the benchmarks ran with ``--xla_gpu_autotune_level=0`` (with
 autotuning on, compiling ten merging programs did not fit the lease) and tldr_jax was 3.3-4x slower than
@@ -25,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,11 +35,13 @@ from typing import Any
 from benchmarks.run import (
     RESULTS_DIR,
     Group,
+    WorkerError,
     _median_time,
     configure_device,
     full_models,
     quick_models,
     run_group,
+    run_worker,
 )
 
 # name -> (XLA_FLAGS, matmul precision, schedules, eligible for the headline benchmark: float32 products and
@@ -53,6 +53,7 @@ FLAG_SETS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
     "default": ("", "fp32", ("r0",), False),
 }
 DEFAULT_SETS = ("notune", "cublas", "default")
+FALLBACK_SET = "cublas"  # printed when no eligible set finished (device_check.sh falls back to it too)
 
 
 def gemm_shapes(quick: bool) -> list[tuple[str, tuple[int, ...]]]:
@@ -211,25 +212,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(names) - set(FLAG_SETS))
     if unknown:
         raise SystemExit(f"unknown flag set(s) {unknown}; choose from {sorted(FLAG_SETS)}")
-    root = Path(__file__).resolve().parents[1]
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         flags, precision, schedules, _ = FLAG_SETS[name]
         print(f"== {name}: XLA_FLAGS='{flags}', precision {precision}", flush=True)
         job = {"device": args.device, "precision": precision, "quick": args.quick,
                "schedules": list(schedules), "repeats": args.repeats}
-        env = dict(os.environ, XLA_FLAGS=flags, XLA_PYTHON_CLIENT_PREALLOCATE="false",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "probe.json"
-            cmd = [sys.executable, "-m", "benchmarks.xla_probe", "--worker", json.dumps(job),
-                   "--worker-out", str(out)]
-            try:
-                proc = subprocess.run(cmd, cwd=root, env=env, timeout=args.timeout, check=False)
-                results[name] = (json.loads(out.read_text()) if proc.returncode == 0 and out.exists()
-                                 else {"error": f"probe failed (exit {proc.returncode})"})
-            except subprocess.TimeoutExpired:
-                results[name] = {"error": f"did not finish in {args.timeout:.0f} s"}
+        env = {"XLA_FLAGS": flags, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        try:
+            results[name] = run_worker("benchmarks.xla_probe", job, env=env, timeout=args.timeout)
+        except WorkerError as err:
+            results[name] = {"error": f"probe failed (exit {err.returncode})"}
+        except subprocess.TimeoutExpired:
+            results[name] = {"error": f"did not finish in {args.timeout:.0f} s"}
     best = pick_best(results, {name: FLAG_SETS[name][3] for name in names})
     done = [r for r in results.values() if "device_kind" in r]
     device_kind = f"{done[0]['device_kind']}, jax {done[0]['jax']}" if done else args.device
@@ -248,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = markdown(report)
     (args.out / "xla_probe.md").write_text(text)
     print(text, flush=True)
-    print(f"XLA_FLAGS={FLAG_SETS[best][0] if best else FLAG_SETS['notune'][0]}", flush=True)
+    print(f"XLA_FLAGS={FLAG_SETS[best or FALLBACK_SET][0]}", flush=True)
     return report
 
 
