@@ -38,9 +38,15 @@ def ordered_sum(x: Array, lanes: int = 8, accumulators: int = 4) -> Array:
 
     The min-max normalisation of the saliency divides by the score range, which is tiny for
     near-uniform attention, so rounding differences of a plain ``jnp.sum`` are amplified up to
-    ``1e-4``. Adding in the official implementation's order (``lanes``-wide vectors spread over
-    ``accumulators`` partial sums, then the scalar tail, then the lanes) keeps parity with its
-    numbers. The adds are unrolled elementwise ops, which XLA fuses into one pass over ``x``.
+    ``1e-4``. Adding in the official implementation's order keeps parity with its numbers:
+    ``lanes``-wide vectors are added in turn into ``accumulators`` partial sums, the leftover
+    vectors go into the first, the partial sums are added up, then the scalar tail, then the lanes.
+
+    The partial sums are kept side by side as one ``lanes * accumulators``-wide row, so a round of
+    adds is one slice of ``x`` (``N / 32`` slices, not ``N / 8``): the same float32 additions in the
+    same order, with a quarter of the ops. That shortens compiles (UMT-B/16, 12 frames, 2 CPU cores:
+    ``r = 50`` in all 12 layers 8.1 s -> 6.3 s, the MSRVTT schedule 2.1 s -> 1.8 s). XLA fuses the
+    adds into one pass over ``x``.
 
     Args:
       x: ``(..., N)`` float32.
@@ -50,24 +56,26 @@ def ordered_sum(x: Array, lanes: int = 8, accumulators: int = 4) -> Array:
     """
     n = x.shape[-1]
     num_vec = n // lanes
-    vec = [x[..., i * lanes : (i + 1) * lanes] for i in range(num_vec)]
     rounds = num_vec // accumulators
-    part: list[Array | None] = [None] * accumulators
-    for i in range(rounds):
-        for k in range(accumulators):
-            v = vec[i * accumulators + k]
-            part[k] = v if part[k] is None else part[k] + v
-    for i in range(rounds * accumulators, num_vec):
-        part[0] = vec[i] if part[0] is None else part[0] + vec[i]
-    for k in range(1, accumulators):
-        if part[k] is not None:
-            part[0] = part[0] + part[k]
+    width = lanes * accumulators
+    part = None  # (..., lanes): the first partial sum once the others are folded in
+    if rounds:
+        rows = x[..., : rounds * width].reshape(*x.shape[:-1], rounds, width)
+        acc = rows[..., 0, :]
+        for i in range(1, rounds):
+            acc = acc + rows[..., i, :]
+        part = acc[..., :lanes]
+    for i in range(rounds * accumulators, num_vec):  # leftover vectors join the first partial sum
+        vec = x[..., i * lanes : (i + 1) * lanes]
+        part = vec if part is None else part + vec
+    for k in range(1, accumulators if rounds else 0):
+        part = part + acc[..., k * lanes : (k + 1) * lanes]
     total = jnp.zeros(x.shape[:-1], x.dtype)
     for k in range(num_vec * lanes, n):
         total = total + x[..., k]
-    if part[0] is not None:
+    if part is not None:
         for lane in range(lanes):
-            total = total + part[0][..., lane]
+            total = total + part[..., lane]
     return total
 
 
