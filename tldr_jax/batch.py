@@ -53,11 +53,6 @@ RUN_FILE = "run.json"
 FORMAT_VERSION = 1
 
 
-def video_extensions() -> tuple[str, ...]:
-    """File suffixes treated as videos (those of :mod:`tldr_jax.video`)."""
-    return tuple(video.VIDEO_EXTENSIONS)
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading clips.
 # --------------------------------------------------------------------------------------------------
@@ -138,7 +133,7 @@ def list_inputs(in_dir: PathLike) -> list[Path]:
     root = Path(in_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input directory {root} does not exist or is not a directory.")
-    exts = set(video_extensions()) | set(video.NPY_EXTENSIONS)
+    exts = video.CLIP_EXTENSIONS
     return sorted(
         p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
     )
@@ -473,8 +468,8 @@ def run_directory(
         items = _prefetch(todo, lambda p: read(p, spec), workers, depth=2 * padded)
         for paths, clips in _batches(items, batch_size, on_error):
             tic = time.perf_counter()
-            video = parallel.pad_batch(np.stack(clips), padded)
-            out = parallel.sharded_apply(params, video, r, mesh=mesh, **apply_kwargs)
+            batch_video = parallel.pad_batch(np.stack(clips), padded)
+            out = parallel.sharded_apply(params, batch_video, r, mesh=mesh, **apply_kwargs)
             host = jax.tree_util.tree_map(np.asarray, out)
             per_clip = (time.perf_counter() - tic) / len(paths)
             for i, path in enumerate(paths):

@@ -218,8 +218,7 @@ class FolderDataset:
         from tldr_jax import video
 
         self.root = Path(root)
-        extensions = tuple(video.VIDEO_EXTENSIONS) + video.NPY_EXTENSIONS
-        self.classes, self.paths, labels = _scan_classes(self.root, extensions)
+        self.classes, self.paths, labels = _scan_classes(self.root, video.CLIP_EXTENSIONS)
         self.labels = np.asarray(labels, np.int32)
         self.num_frames, self.img_size, self.pad = int(num_frames), int(img_size), pad
         self.prep = video.preprocessing_for(family, self.img_size, normalization=normalization)

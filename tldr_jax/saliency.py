@@ -68,8 +68,9 @@ def ordered_sum(x: Array, lanes: int = 8, accumulators: int = 4) -> Array:
     for i in range(rounds * accumulators, num_vec):  # leftover vectors join the first partial sum
         vec = x[..., i * lanes : (i + 1) * lanes]
         part = vec if part is None else part + vec
-    for k in range(1, accumulators if rounds else 0):
-        part = part + acc[..., k * lanes : (k + 1) * lanes]
+    if rounds:  # then the other partial sums, in order
+        for k in range(1, accumulators):
+            part = part + acc[..., k * lanes : (k + 1) * lanes]
     total = jnp.zeros(x.shape[:-1], x.dtype)
     for k in range(num_vec * lanes, n):
         total = total + x[..., k]

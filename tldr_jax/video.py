@@ -82,6 +82,8 @@ DEFAULT_SAMPLING: dict[str, str] = {"umt": "middle", "videomae": "uniform", "viv
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg")
 NPY_EXTENSIONS: tuple[str, ...] = (".npy",)
+#: File suffixes :func:`load_clip` reads: videos and ``.npy`` clips.
+CLIP_EXTENSIONS: tuple[str, ...] = VIDEO_EXTENSIONS + NPY_EXTENSIONS
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_CLIP_PATH = ASSET_DIR / "default_clip.npz"
