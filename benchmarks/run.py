@@ -47,7 +47,13 @@ from typing import Any
 
 import numpy as np
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Default output directory: ``benchmarks/results`` in a source checkout; ``./benchmark_results`` when
+#: the benchmarks run from an installed package (``tldr-jax bench`` anywhere), not site-packages.
+RESULTS_DIR = (
+    Path(__file__).resolve().parent / "results"
+    if (Path(__file__).resolve().parents[1] / "pyproject.toml").is_file()
+    else Path("benchmark_results")
+)
 BACKENDS = ("jax", "torch_ref", "torch_ref_compile", "hf", "hf_compile")
 UMT_PRESETS = ("msrvtt", "msvd", "activitynet")
 #: Published UMT-B MSRVTT numbers: 303.3 -> 178.0 GFLOPs (vid-TLDR Figure 1).

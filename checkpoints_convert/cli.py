@@ -1,21 +1,54 @@
 """``python -m checkpoints_convert SRC OUT``: convert a checkpoint, print one summary line.
 
 Exit status: 0 on success, 1 when the conversion fails (the message, no traceback, on stderr),
-2 for bad command-line usage, 130 when interrupted. Nothing is left at OUT after a failure.
+2 for bad command-line usage (one line; every option is checked before the source is read),
+130 when interrupted. Nothing is left at OUT after a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from typing import Any
 
 from checkpoints_convert.errors import ConversionError
 from checkpoints_convert.formats import FORMATS
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int) -> Any:
+    """An argparse type: an int ``>= minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression ({e})") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m checkpoints_convert",
         description=(
             "Convert an official UMT / vid-TLDR .pth, an original VideoMAE fine-tuned .pth, a Hugging Face "
@@ -26,13 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output checkpoint directory (must not exist unless --overwrite)")
     p.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMATS], help="source layout")
     p.add_argument("--arch", help="config name to record (presets are looked up under it)")
-    p.add_argument("--num-heads", type=int, help="attention heads (default: width // 64; 16 for width 1280)")
-    p.add_argument("--num-frames", type=int, help="frames the model runs on (default: UMT 12, VideoMAE 16)")
-    p.add_argument("--img-size", type=int, help="input height = width in pixels (default 224)")
-    p.add_argument("--num-classes", type=int, help="expected classifier size; 0 drops the classifier")
-    p.add_argument("--ckpt-num-frames", type=int, help="frames the UMT sinusoid table was trained with")
     p.add_argument(
-        "--ignore", action="append", default=[], metavar="REGEX", help="drop matching keys explicitly"
+        "--num-heads", type=_count(1), help="attention heads (default: width // 64; 16 for width 1280)"
+    )
+    p.add_argument(
+        "--num-frames", type=_count(1), help="frames the model runs on (default: UMT 12, VideoMAE 16)"
+    )
+    p.add_argument("--img-size", type=_count(1), help="input height = width in pixels (default 224)")
+    p.add_argument("--num-classes", type=_count(0), help="expected classifier size; 0 drops the classifier")
+    p.add_argument("--ckpt-num-frames", type=_count(1), help="frames the UMT sinusoid table was trained with")
+    p.add_argument(
+        "--ignore", action="append", default=[], type=_regex, metavar="REGEX",
+        help="drop matching keys explicitly",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=False if args.no_progress else None,
             verbose=not args.quiet,
         )
-    except (ConversionError, CheckpointError) as e:
+    except (ConversionError, CheckpointError, ValueError, TypeError, OSError) as e:
+        # ValueError: e.g. sizes the architecture rejects (--num-heads not dividing the width).
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

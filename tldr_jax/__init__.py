@@ -20,13 +20,14 @@ from tldr_jax.merge import (
     merge_wavg,
     origin_to_dense,
     resolve_r,
+    unmerge,
     update_origin,
 )
 from tldr_jax.parallel import make_mesh, replicate, shard_batch, sharded_apply
 from tldr_jax.saliency import saliency, saliency_from_sharpness, sharpness
 from tldr_jax.schedule import PRESETS, Schedule, preset_names, resolve_schedule
 from tldr_jax.train import FinetuneConfig, FinetuneResult, LabelMismatchError, evaluate, finetune
-from tldr_jax.video import VideoReadError, default_clip, load_video, preprocess
+from tldr_jax.video import VideoReadError, VideoReadWarning, default_clip, load_video, preprocess
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "ScheduleCapWarning",
     "TokenOrigin",
     "VideoReadError",
+    "VideoReadWarning",
     "apply",
     "apply_plan",
     "bipartite_plan",
@@ -86,5 +88,6 @@ __all__ = [
     "schedule",
     "sharpness",
     "solve_schedule",
+    "unmerge",
     "update_origin",
 ]

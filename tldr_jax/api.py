@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,17 +14,15 @@ from flax import nnx, struct
 from tldr_jax.configs import ArchConfig, get_config
 from tldr_jax.merge import TokenOrigin
 from tldr_jax.models import MergeSpec, VideoEncoder
-from tldr_jax.schedule import RSpec, Schedule, resolve_schedule
+from tldr_jax.options import METHODS, POOLS, PRECISIONS, SOURCES, ApplyOptions, Method, Pool, SourceForm
+from tldr_jax.schedule import RSpec, Schedule, schedule_for
 
 Array = jax.Array
-METHODS = ("vid_tldr", "tome")
-POOLS = ("mean", "weighted")
-SOURCES = (None, "dense", "origin")
-#: Matrix-product precisions ``apply`` takes (``jax.default_matmul_precision`` names). ``"float32"``
-#: (the default) is what the official PyTorch code computes; ``"tensorfloat32"`` / ``"bfloat16"``
-#: trade accuracy for speed on GPUs / TPUs (CPUs compute float32 whatever is asked); ``None`` leaves
-#: JAX's own setting (``jax_default_matmul_precision``, else the platform default) in charge.
-PRECISIONS = (None, "float32", "tensorfloat32", "bfloat16", "highest", "high", "default")
+# The option lists live in tldr_jax.options; these names stay importable from here.
+__all__ = [
+    "METHODS", "POOLS", "PRECISIONS", "SOURCES", "Output", "Params", "apply", "build", "check_video", "init",
+    "schedule",
+]
 
 
 @struct.dataclass
@@ -99,9 +97,20 @@ def init(rng: int | Array, arch: str | ArchConfig, **overrides: Any) -> Params:
       :class:`Params`.
     """
     cfg = get_config(arch, **overrides)
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        rng = jax.random.key(int(rng) % 2**32)
+    elif not _is_key(rng):
+        raise TypeError(
+            f"rng must be an int seed or a jax.random.key(...); got {rng!r} ({type(rng).__name__})."
+        )
     return Params(tree=_init_tree(cfg, rng), config=cfg)
+
+
+def _is_key(rng: Any) -> bool:
+    """A typed ``jax.random.key`` or a legacy ``(2,)`` uint32 ``PRNGKey``."""
+    if not isinstance(rng, (jax.Array, np.ndarray)):
+        return False
+    return jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) or (rng.dtype == np.uint32 and rng.shape == (2,))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -121,27 +130,44 @@ def _config_for(params: Params) -> ArchConfig:
 
 
 def check_video(cfg: ArchConfig, video: Any) -> ArchConfig:
-    """Validate a ``(B, T, H, W, 3)`` video against a config; return the config for its frame count."""
+    """Validate a ``(B, T, H, W, C)`` video against a config; return the config for its frame count.
+
+    The one check of model inputs (``apply``, ``sharded_apply``, the command line): layout, a non-empty
+    batch and frame axis, float dtype, the model's channels and frame size, a frame count the model
+    can take, and (for concrete arrays, not under ``jit``) finite values. Raises ``ValueError`` /
+    ``TypeError`` naming the bad property and the fix.
+    """
     shape = getattr(video, "shape", None)
     if shape is None or len(shape) != 5:
         raise ValueError(
-            f"video must be a (B, T, H, W, {cfg.in_chans}) array; got shape {shape}. "
+            f"video must be a (B, T, H, W, {cfg.in_chans}) array; got "
+            f"{'a ' + type(video).__name__ if shape is None else f'shape {tuple(shape)}'}. "
             "Add a batch axis with video[None]; PyTorch (B, C, T, H, W) input needs "
             "video.transpose(0, 2, 3, 4, 1)."
         )
+    b, t, h, w, c = (int(d) for d in shape)
     if not jnp.issubdtype(video.dtype, jnp.floating):
-        raise TypeError(f"video must be float (normalised pixels); got dtype {video.dtype}.")
-    _, t, h, w, c = shape
+        raise TypeError(
+            f"video must be float (normalised pixels); got dtype {video.dtype}. Turn uint8 frames into "
+            "model input with tldr_jax.preprocess(frames, img_size, mean, std) or tldr_jax.load_video."
+        )
     if c != cfg.in_chans:
         raise ValueError(
             f"video has {c} channels in its last axis; the model expects {cfg.in_chans}. "
             "Use channels-last (B, T, H, W, C) layout."
         )
-    if h != cfg.img_size or w != cfg.img_size:
+    if b == 0 or t == 0:
         raise ValueError(
-            f"video frames are {h}x{w}; the model was built for {cfg.img_size}x{cfg.img_size} "
-            f"(patch {cfg.patch_size}). Resize/crop with tldr_jax.preprocess or init/convert with "
-            f"img_size={h}."
+            f"video of shape {tuple(shape)} is empty (batch {b}, frames {t}); give at least one clip of "
+            f"{cfg.num_frames} frames."
+        )
+    if h != cfg.img_size or w != cfg.img_size:
+        s = cfg.img_size
+        fix = f"Resize/crop the frames to {s}x{s} (tldr_jax.preprocess(frames, img_size={s}))"
+        if h == w and h > 0 and h % cfg.patch_size == 0 and cfg.pos_embed == "sincos":
+            fix += f", or build the model for {h}x{h} frames (init(..., img_size={h}) or --img-size {h})"
+        raise ValueError(
+            f"video frames are {h}x{w}; the model was built for {s}x{s} (patch {cfg.patch_size}). {fix}."
         )
     if t % cfg.tubelet_size:
         raise ValueError(
@@ -155,7 +181,25 @@ def check_video(cfg: ArchConfig, video: Any) -> ArchConfig:
                 f"{cfg.num_frames} frames; sample exactly {cfg.num_frames} frames."
             )
         cfg = cfg.replace(num_frames=t)
+    _check_finite(video)
     return cfg
+
+
+def _check_finite(video: Any) -> None:
+    """Refuse NaN / infinite pixels of a concrete array (they would make every output NaN)."""
+    if isinstance(video, np.ndarray):
+        finite = np.isfinite(video).all()
+    elif isinstance(video, jax.Array):
+        finite = jnp.isfinite(video).all()
+    else:
+        return  # a shape-only struct
+    if isinstance(finite, jax.core.Tracer):
+        return  # under jit / grad the values are not known (the unused check is dropped from the program)
+    if not bool(finite):
+        raise ValueError(
+            "video holds NaN or infinite values, which would make every output NaN; check the decoding "
+            "and normalisation (std must not be 0) of the input."
+        )
 
 
 def schedule(
@@ -176,9 +220,7 @@ def schedule(
     over = {k: v for k, v in (("num_frames", num_frames), ("img_size", img_size)) if v is not None}
     if over:
         cfg = cfg.replace(**over)
-    return resolve_schedule(
-        r, num_tokens=cfg.num_tokens, depth=cfg.depth, protected=cfg.protected, arch=cfg.preset_arch
-    )
+    return schedule_for(cfg, r)
 
 
 FORWARD_STATIC = (
@@ -227,9 +269,9 @@ def apply(
     video: Array,
     r: RSpec = 0,
     *,
-    method: Literal["vid_tldr", "tome"] = "vid_tldr",
-    pool: Literal["mean", "weighted"] = "mean",
-    source: Literal[None, "dense", "origin"] = None,
+    method: Method = "vid_tldr",
+    pool: Pool = "mean",
+    source: SourceForm = None,
     return_saliency: bool = False,
     prop_attn: bool = True,
     dtype: Any = None,
@@ -253,8 +295,9 @@ def apply(
         (O(N) :class:`~tldr_jax.merge.TokenOrigin`).
       return_saliency: also return each merging layer's saliency.
       prop_attn: proportional attention (``log(size)`` bias); on in the official code.
-      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are stored in float32 and cast inside
-        the compiled function. Softmax, saliency and merge arithmetic stay in float32.
+      dtype: compute dtype, one of :data:`~tldr_jax.options.COMPUTE_DTYPES` (e.g. ``jnp.bfloat16``);
+        parameters are stored in float32 and cast inside the compiled function. Softmax, saliency and
+        merge arithmetic stay in float32. Integer and bool dtypes are refused.
       remat: rematerialise each block in the backward pass (saves memory when fine-tuning).
       precision: float32 matrix products: ``"float32"`` (default; the official code's arithmetic, which
         the golden parity needs), ``"tensorfloat32"`` (faster on NVIDIA GPUs, ~1e-3 relative error)
@@ -262,37 +305,19 @@ def apply(
 
     Returns:
       :class:`Output`.
+
+    Raises:
+      ValueError / TypeError: a bad option, video (shape, dtype, size, frame count, NaN) or ``r``,
+        before any computation; the message names the bad value and the fix.
     """
+    opts = ApplyOptions(
+        method=method, pool=pool, source=source, return_saliency=return_saliency, prop_attn=prop_attn,
+        dtype=dtype, remat=remat, precision=precision,
+    )
     cfg = check_video(_config_for(params), video)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
-    if pool not in POOLS:
-        raise ValueError(f"pool must be one of {POOLS}; got {pool!r}.")
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}; got {source!r}.")
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {PRECISIONS}; got {precision!r}. Use 'float32' for the official "
-            "numerics or 'tensorfloat32' for speed on GPUs."
-        )
-    sched = resolve_schedule(
-        r, num_tokens=cfg.num_tokens, depth=cfg.depth, protected=cfg.protected, arch=cfg.preset_arch
-    )
-    out = _forward(
-        params.tree,
-        video,
-        cfg=cfg,
-        sched=sched,
-        method=method,
-        pool=pool,
-        source=source,
-        return_saliency=return_saliency,
-        prop_attn=prop_attn,
-        dtype=None if dtype is None else jnp.dtype(dtype),
-        remat=remat,
-        per_clip=_per_clip_default(video),
-        precision=precision,
-    )
+    sched = schedule_for(cfg, r)
+    per_clip = _per_clip_default(video)
+    out = _forward(params.tree, video, cfg=cfg, sched=sched, per_clip=per_clip, **opts.kwargs())
     return Output(**out, schedule=sched)
 
 

@@ -13,8 +13,10 @@ For every input ``videos/<file>`` (video files and ``.npy`` clips, not recursive
 * ``meta``: a JSON string (input name, merge schedule, token counts, run key).
 
 Each ``.npz`` is written to a temporary file and renamed into place (``os.replace``), so a file that
-exists is complete. ``manifest.jsonl`` gets one line per finished input, ``errors.jsonl`` one line per
-input that could not be read (it is skipped; the run goes on), ``run.json`` the settings.
+exists is complete. ``manifest.jsonl`` gets one line per finished input (with ``warnings`` for inputs
+used despite a problem, e.g. a truncated video), ``errors.jsonl`` one line per input that could not
+be read or gave non-finite outputs in the latest run (it is skipped; the run goes on; a rerun retries
+it), ``run.json`` the settings. Every argument is checked before anything is written.
 
 Resuming: run the same call again. Inputs whose ``.npz`` exists and was made with the same settings
 (model weights, schedule, frames, preprocessing, options) are not recomputed; a directory made with
@@ -33,6 +35,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,8 +46,11 @@ import jax
 import numpy as np
 
 from tldr_jax import video
-from tldr_jax.api import Output, Params
+from tldr_jax.api import Output, Params, check_video
 from tldr_jax.configs import ArchConfig
+from tldr_jax.merge import ScheduleCapWarning
+from tldr_jax.options import ApplyOptions, check_choice, check_int
+from tldr_jax.schedule import schedule_for
 
 PathLike = str | os.PathLike
 MANIFEST = "manifest.jsonl"
@@ -100,31 +106,48 @@ def clip_spec(
     std: Sequence[float] | None = None,
     pad: bool = False,
 ) -> ClipSpec:
-    """The evaluation preprocessing of ``cfg``'s family, with optional overrides."""
+    """The evaluation preprocessing of ``cfg``'s family, with optional overrides (each checked: a
+    ``ValueError`` / ``TypeError`` names the bad value and the allowed ones)."""
+    if normalization is not None:
+        check_choice("normalization", normalization, tuple(video.NORMALIZATION))
     prep = video.preprocessing_for(cfg.family, cfg.img_size, normalization=normalization)
+    frames = cfg.num_frames if num_frames is None else check_int("num_frames", num_frames, minimum=1)
+    if sampling is not None:
+        check_choice("sampling", sampling, video.SAMPLING_MODES)
+    mean, std = video.check_mean_std(prep.mean if mean is None else mean, prep.std if std is None else std)
     return ClipSpec(
-        num_frames=int(num_frames or cfg.num_frames),
+        num_frames=frames,
         img_size=cfg.img_size,
         sampling=sampling or prep.sampling,
-        mean=tuple(float(x) for x in (prep.mean if mean is None else mean)),
-        std=tuple(float(x) for x in (prep.std if std is None else std)),
+        mean=mean,
+        std=std,
         resize=prep.resize,
         short_side=prep.short_side,
         interpolation=prep.interpolation,
-        pad=pad,
+        pad=_flag("pad", pad),
     )
 
 
-def read_clip(path: PathLike, spec: ClipSpec) -> np.ndarray:
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def read_clip(
+    path: PathLike, spec: ClipSpec, on_warning: Callable[[str], None] | None = None
+) -> np.ndarray:
     """Read one input (video file or ``.npy``) as a ``spec.shape`` float32 clip.
+
+    ``on_warning`` receives the message about a truncated video (see :func:`tldr_jax.video.read_video`).
 
     Raises:
       Exception: whatever the decoder raises for an unusable file (``VideoReadError`` and others);
-        ``ValueError`` when the clip has the wrong shape.
+        ``ValueError`` when the clip has the wrong shape or NaN / infinite values.
     """
     return video.load_clip(
         path, spec.num_frames, img_size=spec.img_size, sampling=spec.sampling, pad=spec.pad,
-        **spec.preprocess_kwargs(),
+        on_warning=on_warning, **spec.preprocess_kwargs(),
     )
 
 
@@ -258,11 +281,12 @@ def run_key(settings: dict[str, Any]) -> str:
 
 
 def _check_run_file(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an output directory whose ``run.json`` records other settings (reads only)."""
     path = out_dir / RUN_FILE
     if path.exists() and not overwrite:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if old is not None and old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
@@ -270,9 +294,19 @@ def _check_run_file(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
                 f"{out_dir} holds results made with other settings (differing: {', '.join(diff)}); "
                 "use a new output directory, or overwrite=True to recompute everything."
             )
-    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _reset_errors(out_dir: Path) -> None:
+    """Start ``errors.jsonl`` afresh: every input without a result is retried and logged again if it
+    fails, so the file lists the failures of the latest run, once each (reruns used to append
+    duplicates)."""
+    (out_dir / ERRORS).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +322,9 @@ class RunSummary:
       out_dir: the output directory.
       processed: input names computed in this run.
       skipped: input names whose results already existed (not recomputed).
-      failed: input name -> error message, for inputs that could not be read.
+      failed: input name -> error message, for inputs that could not be read (or gave non-finite
+        outputs).
+      warnings: input name -> warnings about inputs that were used (e.g. a truncated video).
       seconds: wall time of the run.
     """
 
@@ -296,25 +332,32 @@ class RunSummary:
     processed: list[str] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
     def __str__(self) -> str:
+        warned = f", {len(self.warnings)} with warnings" if self.warnings else ""
         return (
-            f"{len(self.processed)} computed, {len(self.skipped)} already done, {len(self.failed)} failed "
-            f"in {self.seconds:.1f} s -> {self.out_dir}"
+            f"{len(self.processed)} computed, {len(self.skipped)} already done, {len(self.failed)} failed"
+            f"{warned} in {self.seconds:.1f} s -> {self.out_dir}"
         )
 
 
-def _prefetch(
-    paths: Sequence[Path], read: Callable[[Path], np.ndarray], workers: int, depth: int
-) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    """``(path, clip, None)`` or ``(path, None, error)`` in order, reading up to ``depth`` ahead."""
+Item = tuple[Path, "np.ndarray | None", "str | None", list[str]]
 
-    def safe(path: Path) -> tuple[np.ndarray | None, str | None]:
+
+def _prefetch(
+    paths: Sequence[Path], read: Callable[[Path, Callable[[str], None]], np.ndarray], workers: int, depth: int
+) -> Iterator[Item]:
+    """``(path, clip, None, notes)`` or ``(path, None, error, notes)`` in order, reading up to ``depth``
+    ahead; ``notes`` are the warnings the reader reported for that file."""
+
+    def safe(path: Path) -> tuple[np.ndarray | None, str | None, list[str]]:
+        notes: list[str] = []
         try:
-            return read(path), None
+            return read(path, notes.append), None, notes
         except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
-            return None, f"{type(err).__name__}: {err}"
+            return None, f"{type(err).__name__}: {err}", notes
 
     if workers <= 0:
         for path in paths:
@@ -336,24 +379,26 @@ def _prefetch(
 
 
 def _batches(
-    items: Iterable[tuple[Path, np.ndarray | None, str | None]],
+    items: Iterable[Item],
     batch_size: int,
     on_error: Callable[[Path, str], None],
-) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+) -> Iterator[tuple[list[Path], list[np.ndarray], list[list[str]]]]:
     """Group readable clips into lists of ``batch_size`` (the last may be shorter); report the others."""
     paths: list[Path] = []
     clips: list[np.ndarray] = []
-    for path, clip, err in items:
+    notes: list[list[str]] = []
+    for path, clip, err, note in items:
         if clip is None:
             on_error(path, err or "unknown error")
             continue
         paths.append(path)
         clips.append(clip)
+        notes.append(note)
         if len(clips) == batch_size:
-            yield paths, clips
-            paths, clips = [], []
+            yield paths, clips, notes
+            paths, clips, notes = [], [], []
     if clips:
-        yield paths, clips
+        yield paths, clips, notes
 
 
 def result_arrays(out: Output, i: int, save_tokens: bool) -> dict[str, np.ndarray]:
@@ -410,37 +455,38 @@ def run_directory(
       progress: show a tqdm progress bar.
       reader: replaces :func:`read_clip` (``reader(path, spec) -> (T, H, W, 3) float32``).
       on_file_done: called as ``on_file_done(name, npz_path)`` after each result is on disk.
-      **apply_kwargs: ``method``, ``pool``, ``dtype``, ``prop_attn`` ... of :func:`tldr_jax.apply`.
+      **apply_kwargs: the keyword options of :func:`tldr_jax.apply` (``method``, ``pool``, ``dtype``,
+        ``precision``, ...: :data:`tldr_jax.options.APPLY_OPTIONS`).
 
     Returns:
       :class:`RunSummary`.
+
+    Raises:
+      ValueError / TypeError / FileNotFoundError / NotADirectoryError: a bad argument (options, ``r``
+        for this model, frames, preprocessing, batch size, directories), raised before anything is
+        written: a failed call leaves ``out_dir`` as it was. Unreadable inputs and inputs whose
+        outputs are not finite do not raise: they are listed in ``errors.jsonl`` and
+        :attr:`RunSummary.failed`.
     """
     from tqdm.auto import tqdm
 
     from tldr_jax import parallel
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
-    if parallel.spans_processes(mesh):
-        raise ValueError(
-            "run_directory works per process: give each process its own input directory (or files) and "
-            "mesh=tldr_jax.parallel.make_mesh(jax.local_devices())."
-        )
-    unknown = sorted(set(apply_kwargs) - set(parallel.APPLY_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown apply option(s) {unknown}; valid: {', '.join(parallel.APPLY_OPTIONS)}.")
+    # Everything is checked before anything is written (a failed call leaves no trace on disk).
     started = time.perf_counter()
-    inputs = list_inputs(in_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec = clip_spec(
-        params.config, num_frames=num_frames, sampling=sampling, normalization=normalization, mean=mean,
-        std=std, pad=pad,
+    opts, spec, inputs, mesh = _validate_run(
+        params, in_dir, out_dir, r=r, num_frames=num_frames, batch_size=batch_size, sampling=sampling,
+        normalization=normalization, mean=mean, std=std, pad=pad, mesh=mesh, workers=workers,
+        flags={"save_tokens": save_tokens, "overwrite": overwrite, "progress": progress},
+        reader=reader, on_file_done=on_file_done, apply_kwargs=apply_kwargs,
     )
-    settings = run_settings(params, spec, r, save_tokens, apply_kwargs)
+    out_dir = Path(out_dir)
+    settings = run_settings(params, spec, r, save_tokens, opts.non_default())
     key = run_key(settings)
     _check_run_file(out_dir, settings, overwrite)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(out_dir / RUN_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     summary = RunSummary(out_dir)
 
     todo: list[Path] = []
@@ -453,10 +499,15 @@ def run_directory(
                 append_jsonl(out_dir / MANIFEST, {**(read_meta(dest) or {}), "output": dest.name})
         else:
             todo.append(path)
+    _reset_errors(out_dir)
 
     padded = parallel.padded_size(batch_size, parallel.local_device_count(mesh))
     params = parallel.replicate(params, mesh)
-    read = reader or read_clip
+
+    def read(path: Path, note: Callable[[str], None]) -> np.ndarray:
+        clip = read_clip(path, spec, on_warning=note) if reader is None else reader(path, spec)
+        return _checked_clip(clip, spec)
+
     bar = tqdm(total=len(inputs), initial=len(summary.skipped), unit="clip", disable=not progress)
 
     def on_error(path: Path, message: str) -> None:
@@ -465,19 +516,27 @@ def run_directory(
         bar.update(1)
 
     try:
-        items = _prefetch(todo, lambda p: read(p, spec), workers, depth=2 * padded)
-        for paths, clips in _batches(items, batch_size, on_error):
+        items = _prefetch(todo, read, workers, depth=2 * padded)
+        for paths, clips, notes in _batches(items, batch_size, on_error):
             tic = time.perf_counter()
             batch_video = parallel.pad_batch(np.stack(clips), padded)
-            out = parallel.sharded_apply(params, batch_video, r, mesh=mesh, **apply_kwargs)
+            out = parallel.sharded_apply(params, batch_video, r, mesh=mesh, **opts.non_default())
             host = jax.tree_util.tree_map(np.asarray, out)
             per_clip = (time.perf_counter() - tic) / len(paths)
             for i, path in enumerate(paths):
+                arrays = result_arrays(host, i, save_tokens)
+                bad = sorted(k for k, v in arrays.items() if not np.isfinite(v).all())
+                if bad:
+                    on_error(path, f"non-finite model output ({', '.join(bad)} hold NaN/inf); nothing saved")
+                    continue
                 meta = {
                     "name": path.name, "run_key": key, "tokens": list(out.schedule.tokens),
                     "r": list(out.schedule.r), "seconds": round(per_clip, 4),
                 }
-                arrays = {**result_arrays(host, i, save_tokens), "meta": np.asarray(json.dumps(meta))}
+                if notes[i]:
+                    meta["warnings"] = notes[i]
+                    summary.warnings[path.name] = notes[i]
+                arrays["meta"] = np.asarray(json.dumps(meta))
                 dest = save_npz_atomic(output_path(out_dir, path), arrays)
                 append_jsonl(out_dir / MANIFEST, {**meta, "output": dest.name})
                 summary.processed.append(path.name)
@@ -488,3 +547,79 @@ def run_directory(
         bar.close()
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _checked_clip(clip: Any, spec: ClipSpec) -> np.ndarray:
+    """A reader's clip as float32 of ``spec.shape`` with finite values (``ValueError`` otherwise)."""
+    arr = np.asarray(clip)
+    if arr.shape != spec.shape or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"the reader returned {arr.dtype} {arr.shape}; the model needs float {spec.shape}.")
+    if not np.isfinite(arr).all():
+        raise ValueError("the clip holds NaN or infinite values; it would give NaN features.")
+    return arr.astype(np.float32, copy=False)
+
+
+def _validate_run(
+    params: Any,
+    in_dir: Any,
+    out_dir: Any,
+    *,
+    r: Any,
+    num_frames: Any,
+    batch_size: Any,
+    sampling: Any,
+    normalization: Any,
+    mean: Any,
+    std: Any,
+    pad: Any,
+    mesh: Any,
+    workers: Any,
+    flags: dict[str, Any],
+    reader: Any,
+    on_file_done: Any,
+    apply_kwargs: dict[str, Any],
+) -> tuple[ApplyOptions, ClipSpec, list[Path], Any]:
+    """Check every argument of :func:`run_directory` (reads only); return the apply options, the clip
+    spec, the inputs and the mesh."""
+    from tldr_jax import parallel
+
+    opts = ApplyOptions.from_kwargs(apply_kwargs, where="run_directory")
+    if not isinstance(params, Params):
+        raise TypeError(
+            f"params must be a tldr_jax.Params (from tldr_jax.init, tldr_jax.load or the converter); "
+            f"got {type(params).__name__}."
+        )
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("workers", workers, minimum=0)
+    for name, value in flags.items():
+        _flag(name, value)
+    for name, fn in (("reader", reader), ("on_file_done", on_file_done)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None; got {fn!r}.")
+    spec = clip_spec(
+        params.config, num_frames=num_frames, sampling=sampling, normalization=normalization, mean=mean,
+        std=std, pad=pad,
+    )
+    cfg = params.config
+    dummy = jax.ShapeDtypeStruct((1, *spec.shape), np.float32)  # shape and frame count, no pixels
+    try:
+        cfg = check_video(cfg, dummy)
+    except ValueError as err:
+        raise ValueError(f"num_frames={spec.num_frames}: {err}") from None
+    with warnings.catch_warnings():  # capping is reported when the model runs
+        warnings.simplefilter("ignore", ScheduleCapWarning)
+        schedule_for(cfg, r)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {out} exists and is not a directory; give a directory path.")
+    inputs = list_inputs(in_dir)
+    if mesh is None:
+        mesh = parallel.make_mesh(jax.local_devices())
+    elif not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}.")
+    if parallel.spans_processes(mesh):
+        raise ValueError(
+            "run_directory works per process: give each process its own input directory (or files) and "
+            "mesh=tldr_jax.parallel.make_mesh(jax.local_devices())."
+        )
+    return opts, spec, inputs, mesh

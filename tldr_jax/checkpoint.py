@@ -9,7 +9,8 @@ Layout of a checkpoint directory ``PATH``::
 
     {"format": "tldr_jax.checkpoint", "format_version": 1, "tldr_jax_version": "0.1.0",
      "created": "2025-01-01T00:00:00+00:00", "config": {...ArchConfig.to_dict()...},
-     "labels": ["abseiling", ...] | null, "metadata": {...}}
+     "labels": ["abseiling", ...] | null, "metadata": {...},
+     "checksums": {"algorithm": "crc32", "arrays": {"blocks_0/attn/qkv/kernel": "1a2b3c4d", ...}}}
 
 ``metadata`` is any JSON-serialisable dict given to :func:`save`; the converter
 (``python -m checkpoints_convert``) stores ``metadata["source"]``: the source format, file names,
@@ -19,17 +20,25 @@ their sha256 and the conversion options.
 renamed to ``PATH`` only once complete, so after any failure nothing is left at ``PATH`` (and an
 existing checkpoint being overwritten is kept intact). :func:`load` checks the stored tree against
 the tree :func:`tldr_jax.init` would build for the stored config (computed abstractly with
-``jax.eval_shape``, nothing is allocated) and reports missing, unexpected and mis-shaped entries.
+``jax.eval_shape``, nothing is allocated) and reports missing, unexpected and mis-shaped entries;
+after reading the arrays it compares them with the recorded checksums, so a damaged data file is
+reported as corrupt instead of giving wrong weights (checkpoints written before the checksums were
+added load without this check).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
 import json
+import logging
+import re
 import shutil
+import sys
 import uuid
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,8 +53,11 @@ FORMAT = "tldr_jax.checkpoint"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+#: How ``config.json`` records each array's checksum (``load`` verifies them; older checkpoints have none).
+CHECKSUM = "crc32"
 
 __all__ = [
+    "CHECKSUM",
     "CONFIG_FILE",
     "FORMAT",
     "FORMAT_VERSION",
@@ -57,8 +69,10 @@ __all__ = [
     "expected_shapes",
     "flatten_tree",
     "load",
+    "read_config",
     "read_info",
     "save",
+    "tree_checksums",
     "unflatten_tree",
 ]
 
@@ -198,7 +212,19 @@ def _config_payload(params: Params, metadata: Mapping[str, Any] | None) -> dict[
         "config": params.config.to_dict(),
         "labels": list(params.labels) if params.labels is not None else None,
         "metadata": dict(metadata or {}),
+        "checksums": {
+            "algorithm": CHECKSUM,
+            "header": _header_checksum(params.config.to_dict(), params.labels),
+            "arrays": tree_checksums(params.tree),
+        },
     }
+
+
+def _header_checksum(config: Mapping[str, Any], labels: Any) -> str:
+    """crc32 of the config and labels (a damaged ``config.json`` could otherwise load a wrong model)."""
+    labels = list(labels) if isinstance(labels, (list, tuple)) else labels
+    text = json.dumps({"config": config, "labels": labels}, sort_keys=True)
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def _write_config(directory: Path, payload: Mapping[str, Any]) -> None:
@@ -335,10 +361,11 @@ def read_info(path: str | Path) -> dict[str, Any]:
 def _config_from_info(path: Path, info: Mapping[str, Any]) -> ArchConfig:
     data = info.get("config")
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path / CONFIG_FILE} has no 'config' dict.")
+        raise CheckpointError(f"{path / CONFIG_FILE} has no 'config' dict (corrupt checkpoint). {_REDO}")
+
     try:
         return ArchConfig.from_dict(data)
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # TypeError, ValueError, or ZeroDivisionError for a zero size
         raise CheckpointError(
             f"{path / CONFIG_FILE} holds an invalid architecture config: {e} If the checkpoint comes "
             "from a newer tldr_jax, upgrade tldr_jax."
@@ -346,12 +373,128 @@ def _config_from_info(path: Path, info: Mapping[str, Any]) -> ArchConfig:
 
 
 def _stored_shapes(params_dir: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Flat ``{path: (shape, dtype)}`` from the orbax metadata, without reading arrays."""
+    """Flat ``{path: (shape, dtype)}`` from the orbax metadata, without reading arrays.
+
+    Raises:
+      CheckpointError: the metadata is missing or unreadable (one line, with the fix).
+    """
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(params_dir.absolute()).item_metadata.tree
-    return {p: (tuple(m.shape), m.dtype) for p, m in flatten_tree(meta).items()}
+    problem = None
+    try:
+        with _quiet_absl(), ocp.StandardCheckpointer() as ckptr:
+            item = ckptr.metadata(params_dir.absolute()).item_metadata
+        if item is None or getattr(item, "tree", None) is None:
+            problem = "a metadata file such as _METADATA or manifest.ocdbt is missing"
+        else:
+            return {p: (tuple(m.shape), m.dtype) for p, m in flatten_tree(item.tree).items()}
+    except Exception as e:  # orbax raises assorted errors for damaged directories
+        problem = _first_line(e)
+    raise CheckpointError(
+        f"cannot read the orbax checkpoint in {params_dir} ({problem}): the checkpoint is incomplete or "
+        f"corrupt. {_REDO}"
+    )
+
+
+_REDO = "Convert it again (python -m checkpoints_convert SRC OUT --overwrite) or re-save it (tldr_jax.save)."
+
+#: Reports that orbax's in-flight reads make after a failed restore, to an event loop already closed.
+_ORBAX_AFTERMATH = ("Event loop is closed", "Encountered error while reading array")
+
+
+def _drop_orbax_aftermath() -> None:
+    """Install (once) a ``sys.unraisablehook`` that drops :data:`_ORBAX_AFTERMATH` reports.
+
+    When one array of a damaged checkpoint fails, orbax closes its event loop while the reads of the
+    other arrays are still in flight; each then reports "Event loop is closed" (dozens of tracebacks)
+    after :func:`load` has already raised its one-line error. Every other report passes through.
+    """
+    current = sys.unraisablehook
+    if getattr(current, "_tldr_jax_filter", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if str(unraisable.exc_value).startswith(_ORBAX_AFTERMATH):
+            return
+        current(unraisable)
+
+    hook._tldr_jax_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Any:
+    """Silence absl warnings (orbax logs "Failed to get item metadata" before we raise our own error)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """A short description of an orbax / TensorStore error (which can run to thousands of characters)."""
+    text = str(err)
+    array = re.findall(r"'path': '([^'/][^']*?)/?'", text)
+    if array:
+        return f"array {array[-1].replace('.', '/')} cannot be read"
+    line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def tree_checksums(tree: Mapping[str, Any]) -> dict[str, str]:
+    """Flat ``{path: crc32 hex}`` of every array's bytes (what :func:`save` records, :func:`load` checks)."""
+    return {
+        p: f"{zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes()):08x}"
+        for p, x in flatten_tree(tree).items()
+    }
+
+
+def _verify_header(path: Path, info: Mapping[str, Any]) -> None:
+    """Compare the config and labels with their recorded checksum (after the structural checks, whose
+    messages say more about a config edited into another architecture)."""
+    sums = info.get("checksums")
+    if isinstance(sums, dict) and sums.get("algorithm") == CHECKSUM and "header" in sums:
+        if sums["header"] != _header_checksum(info.get("config"), info.get("labels")):
+            raise CheckpointError(
+                f"the config or labels in {path / CONFIG_FILE} do not match the checksum recorded when the "
+                f"checkpoint was written: the file is corrupt. {_REDO} (Edited it on purpose? Then delete "
+                "its checksums.header entry.)"
+            )
+
+
+def _verify_checksums(path: Path, info: Mapping[str, Any], tree: Mapping[str, Any]) -> None:
+    """Compare the restored arrays with the checksums in ``config.json`` (checkpoints without any pass)."""
+    recorded = info.get("checksums")
+    if not isinstance(recorded, dict) or recorded.get("algorithm") != CHECKSUM:
+        return
+    wanted = recorded.get("arrays") or {}
+    found = tree_checksums(tree)
+    bad = [p for p, c in found.items() if p in wanted and wanted[p] != c]
+    if bad:
+        raise CheckpointError(
+            f"the weights in {path / PARAMS_DIR} do not match the checksums recorded when the checkpoint was "
+            f"written ({len(bad)} of {len(found)} arrays differ, e.g. {bad[0]}): the checkpoint is corrupt. "
+            f"{_REDO}"
+        )
+
+
+def _labels_from_info(path: Path, info: Mapping[str, Any]) -> tuple[str, ...] | None:
+    labels = info.get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, list):
+        raise CheckpointError(f"{path / CONFIG_FILE}: 'labels' is not a list; the checkpoint is corrupt.")
+    return tuple(str(x) for x in labels)
+
+
+def read_config(path: str | Path) -> tuple[ArchConfig, tuple[str, ...] | None]:
+    """The architecture config and labels of a checkpoint, without reading any weights."""
+    path = Path(path).expanduser()
+    info = read_info(path)
+    return _config_from_info(path, info), _labels_from_info(path, info)
 
 
 def load(path: str | Path) -> Params:
@@ -369,33 +512,38 @@ def load(path: str | Path) -> Params:
     path = Path(path).expanduser()
     info = read_info(path)
     config = _config_from_info(path, info)
-    labels = info.get("labels")
-    labels = tuple(str(x) for x in labels) if labels is not None else None
+    labels = _labels_from_info(path, info)
     params_dir = path / PARAMS_DIR
     if not params_dir.is_dir():
         raise CheckpointError(
             f"{path} has no {PARAMS_DIR}/ directory with the weights; the checkpoint is incomplete. "
             "Re-create it."
         )
-    try:
-        stored = _stored_shapes(params_dir)
-    except Exception as e:  # orbax raises assorted errors for damaged directories
-        raise CheckpointError(f"cannot read the orbax checkpoint in {params_dir}: {e}") from e
+    _drop_orbax_aftermath()
+    stored = _stored_shapes(params_dir)
     diff = compare_trees({p: s for p, (s, _) in stored.items()}, expected_shapes(config))
     if not diff.ok:
         raise CheckpointError(
             f"the weights in {params_dir} do not match the config {config.name!r} in "
             f"{path / CONFIG_FILE}:\n{diff.report()}"
         )
+    _verify_header(path, info)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = unflatten_tree(
         {p: jax.ShapeDtypeStruct(s, d, sharding=sharding) for p, (s, d) in stored.items()}
     )
     import orbax.checkpoint as ocp
 
+    problem = None
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _quiet_absl(), ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(params_dir.absolute(), target)
-    except Exception as e:
-        raise CheckpointError(f"cannot restore the weights in {params_dir}: {e}") from e
+    except Exception as e:  # TensorStore reports a damaged data file with a multi-kB spec dump
+        problem = _first_line(e)
+    if problem is not None:
+        raise CheckpointError(
+            f"cannot read the weights in {params_dir} ({problem}): the checkpoint is corrupt or truncated. "
+            f"{_REDO}"
+        )
+    _verify_checksums(path, info, tree)
     return Params(tree=dict(tree), config=config, labels=labels)

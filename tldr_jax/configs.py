@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from typing import Any, Literal
 
 Family = Literal["umt", "videomae", "vivit"]
@@ -102,7 +103,18 @@ class ArchConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise a clear error for inconsistent sizes."""
+        """Raise a clear error for non-positive or inconsistent sizes."""
+        sizes = ("img_size", "patch_size", "num_frames", "tubelet_size", "embed_dim", "depth", "num_heads",
+                 "mlp_dim", "in_chans")
+        for name, minimum in [(n, 1) for n in sizes] + [("num_classes", 0), ("vision_proj_dim", 0)]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+        if self.ckpt_num_frames is not None and (
+            isinstance(self.ckpt_num_frames, bool) or not isinstance(self.ckpt_num_frames, numbers.Integral)
+            or self.ckpt_num_frames < 1
+        ):
+            raise ValueError(f"ckpt_num_frames must be None or an int >= 1; got {self.ckpt_num_frames!r}.")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}; "

@@ -45,12 +45,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from tldr_jax.configs import ArchConfig, get_config
-from tldr_jax.schedule import RSpec, resolve_schedule
+from tldr_jax.options import METHODS, Method, check_choice
+from tldr_jax.schedule import RSpec, schedule_for
 
-Method = Literal["vid_tldr", "tome"]
 Shape = Literal["geometric", "greedy"]
 
-METHODS: tuple[str, ...] = ("vid_tldr", "tome")
 SHAPES: tuple[str, ...] = ("geometric", "greedy")
 
 #: fvcore's LayerNorm cost per input element (``norm_flop_counter``: 5 with an affine, 4 without).
@@ -91,8 +90,7 @@ def _config(arch_or_params: Any, num_frames: int | None = None, img_size: int | 
 
 def _metric_dim(cfg: ArchConfig, method: str) -> int:
     """Width of the merge-matching metric: hidden states (vid-TLDR) or head-averaged keys (ToMe)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    check_choice("method", method, METHODS)
     return cfg.embed_dim if method == "vid_tldr" else cfg.head_dim
 
 
@@ -193,9 +191,7 @@ def flops_breakdown(
     cfg = _config(arch_or_params, num_frames, img_size)
     metric_dim = _metric_dim(cfg, method)
     b = _check_batch(batch)
-    sched = resolve_schedule(
-        r, num_tokens=cfg.num_tokens, depth=cfg.depth, protected=cfg.protected, arch=cfg.preset_arch
-    )
+    sched = schedule_for(cfg, r)
     components = dict.fromkeys(COMPONENTS, 0)
     components["patch_embed"] = _patch_embed(cfg)
     layers = []

@@ -22,6 +22,7 @@ common size).
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,12 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tldr_jax.api import Output, Params, apply
+from tldr_jax.api import Output, Params, apply, check_video
+from tldr_jax.merge import ScheduleCapWarning
+from tldr_jax.options import APPLY_OPTIONS, ApplyOptions
+from tldr_jax.schedule import schedule_for
 
 Array = jax.Array
 DATA_AXIS = "data"
-#: Keyword options of :func:`tldr_jax.apply` that :func:`sharded_apply` passes on (all static).
-APPLY_OPTIONS = ("method", "pool", "source", "return_saliency", "prop_attn", "dtype", "remat")
+__all__ = [
+    "APPLY_OPTIONS", "DATA_AXIS", "batch_sharding", "local_device_count", "make_mesh", "pad_batch",
+    "padded_size", "replicate", "replicated_sharding", "shard_batch", "sharded_apply", "spans_processes",
+    "trim",
+]
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DATA_AXIS) -> Mesh:
@@ -190,24 +197,33 @@ def sharded_apply(
       video: ``(B, T, H, W, 3)`` clips of this process; ``B`` need not divide the device count.
       r: merge schedule, as for :func:`tldr_jax.apply` (static).
       mesh: a 1-D mesh (default :func:`make_mesh`: all devices).
-      **apply_kwargs: ``method``, ``pool``, ``source``, ``return_saliency``, ``prop_attn``, ``dtype``,
-        ``remat`` (all static).
+      **apply_kwargs: the keyword options of :func:`tldr_jax.apply`
+        (:data:`~tldr_jax.options.APPLY_OPTIONS`: ``method``, ``pool``, ``source``, ``return_saliency``,
+        ``prop_attn``, ``dtype``, ``remat``, ``precision``; all static).
 
     Returns:
       :class:`~tldr_jax.Output` for the ``B`` clips. When ``B`` is a multiple of the device count the
       arrays stay sharded over the mesh's devices (single host); otherwise the padded rows are
       sliced off. Multi-host: the rows of this process's clips.
     """
-    unknown = sorted(set(apply_kwargs) - set(APPLY_OPTIONS))
-    if unknown:
-        raise TypeError(f"sharded_apply got unknown option(s) {unknown}; valid: {', '.join(APPLY_OPTIONS)}.")
+    opts = ApplyOptions.from_kwargs(apply_kwargs, where="sharded_apply")
     if getattr(video, "ndim", None) != 5:
         raise ValueError(f"video must be (B, T, H, W, 3); got shape {getattr(video, 'shape', None)}.")
+    if not isinstance(params, Params):
+        raise TypeError(
+            f"params must be a tldr_jax.Params (from tldr_jax.init, tldr_jax.load or the converter); "
+            f"got {type(params).__name__}."
+        )
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (tldr_jax.make_mesh()); got {type(mesh).__name__}")
+    with warnings.catch_warnings():  # validate r now; apply warns about capping when it traces
+        warnings.simplefilter("ignore", ScheduleCapWarning)
+        schedule_for(check_video(params.config, video), _hashable(r))
     mesh = make_mesh() if mesh is None else mesh
     n = int(video.shape[0])
     video = pad_batch(video, _agreed_local_size(n, mesh))
     fn = _sharded_apply_fn(mesh)
-    options = tuple(sorted(apply_kwargs.items()))
+    options = tuple(sorted(opts.non_default().items()))
     out = fn(replicate(params, mesh), shard_batch(video, mesh), _hashable(r), options)
     if spans_processes(mesh):
         out = _to_local(out, mesh)

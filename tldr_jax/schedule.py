@@ -16,9 +16,13 @@ Each layer's count is capped at ``(N - protected) // 2`` as the official code do
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 from collections.abc import Sequence
+from typing import Any
 
+import jax
 import numpy as np
 
 from tldr_jax.merge import resolve_r
@@ -99,31 +103,61 @@ def lookup_preset(name: str, arch: str | None) -> tuple[int, ...]:
     table = PRESETS.get(arch or "", {})
     if key in table:
         return table[key]
-    known = ", ".join(preset_names(arch)) or ", ".join(preset_names())
+    if table:
+        raise ValueError(
+            f"unknown schedule preset {name!r} for {arch}. Known presets: {', '.join(sorted(table))}; or "
+            "pass an int, a fraction or a per-layer tuple."
+        )
+    names = sorted({n for t in PRESETS.values() for n in t})
     raise ValueError(
-        f"unknown schedule preset {name!r} for architecture {arch!r}. Known presets: {known}. "
-        "Presets are published for UMT-B/16 ('umt_b16') and UMT-L/16 ('umt_l16'); for other models "
-        "pass an int, a fraction or a per-layer tuple."
+        f"unknown schedule preset {name!r} for {arch or 'this model'}: Presets are published for UMT-B/16 "
+        f"and UMT-L/16 only ({', '.join(names)}); pass an int, a fraction or a per-layer tuple."
     )
 
 
+def check_r_entry(entry: Any, layer: int | None = None) -> int | float:
+    """One per-layer ``r`` entry as a count (an ``int >= 0``) or a fraction (a float in ``[0, 1)``).
+
+    Integral floats ``>= 1`` (``600.0``, ``1e9``) are counts; anything else raises ``TypeError`` /
+    ``ValueError`` naming the entry and what is allowed.
+    """
+    where = f" at layer {layer}" if layer is not None else ""
+    allowed = "a count (int >= 0, tokens to merge) or a fraction in [0, 1) of the current tokens"
+    if isinstance(entry, (bool, np.bool_)) or not isinstance(entry, (numbers.Integral, numbers.Real)):
+        raise TypeError(f"r{where} must be {allowed}; got {entry!r} ({type(entry).__name__}).")
+    if isinstance(entry, numbers.Integral):
+        if entry < 0:
+            raise ValueError(f"r{where} must be {allowed}; got {entry} (0 means no merging).")
+        return int(entry)
+    value = float(entry)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"r{where} must be {allowed}; got {entry!r}.")
+    if value < 1:
+        return value
+    if not value.is_integer():
+        raise ValueError(
+            f"r{where} = {entry!r} is neither a whole count nor a fraction < 1; use an int (tokens to merge) "
+            "or a float in [0, 1) (fraction of the current tokens)."
+        )
+    return int(value)
+
+
 def per_layer(r: RSpec, depth: int, arch: str | None = None) -> tuple[int | float, ...]:
-    """Expand an ``r`` spec to one raw entry per layer (counts or fractions, not yet capped)."""
+    """Expand an ``r`` spec to one checked entry per layer (counts or fractions, not yet capped)."""
     if r is None:
         return (0,) * depth
     if isinstance(r, str):
         r = lookup_preset(r, arch)
-    if isinstance(r, bool):
-        raise TypeError(f"r must be an int, a fraction < 1, a tuple or a preset name; got {r!r}.")
-    if isinstance(r, (int, float, np.integer, np.floating)):
-        return (r,) * depth
-    if isinstance(r, np.ndarray):
-        r = r.tolist()
-    if not isinstance(r, Sequence):
+    if isinstance(r, (np.ndarray, jax.Array)):
+        r = r.tolist()  # a 0-d array becomes a scalar, a 1-d one a list
+    if isinstance(r, (bool, np.bool_)) or not isinstance(r, (numbers.Real, Sequence)) or isinstance(r, bytes):
         raise TypeError(
-            f"r must be an int, a fraction < 1, a per-layer tuple or a preset name; got {type(r).__name__}."
+            "r must be an int, a fraction < 1, a per-layer tuple or a preset name; got "
+            f"{r!r} ({type(r).__name__})."
         )
-    entries = tuple(r)
+    if isinstance(r, numbers.Real):
+        return (check_r_entry(r),) * depth
+    entries = tuple(check_r_entry(v, layer) for layer, v in enumerate(r))
     if len(entries) > depth:
         raise ValueError(
             f"the schedule has {len(entries)} entries but the model has only {depth} layers: {entries}. "
@@ -170,12 +204,21 @@ def resolve_schedule(
     return Schedule(tuple(counts), tuple(tokens), protected)
 
 
+def schedule_for(cfg: Any, r: RSpec) -> Schedule:
+    """The schedule of ``r`` for an :class:`~tldr_jax.configs.ArchConfig` (its tokens, depth, protected
+    tokens and presets): the one call every entry point makes."""
+    return resolve_schedule(
+        r, num_tokens=cfg.num_tokens, depth=cfg.depth, protected=cfg.protected, arch=cfg.preset_arch
+    )
+
+
 def _number(text: str) -> int | float:
+    """``"16"`` -> 16, ``"1e9"`` / ``"600.0"`` -> an int count, ``"0.25"`` -> 0.25 (ValueError otherwise)."""
     t = text.strip()
     if re.fullmatch(r"[+-]?\d+", t):
         return int(t)
     value = float(t)
-    if value.is_integer() and "." not in t and "e" not in t.lower():
+    if math.isfinite(value) and value >= 1 and value.is_integer():
         return int(value)
     return value
 
@@ -190,8 +233,13 @@ def parse_r(text: str) -> RSpec:
     if t.lower() in ("none", "off", "no"):
         return 0
     if "," in t:
+        parts = t.split(",")
+        if parts[-1].strip() == "":
+            parts = parts[:-1]  # one trailing comma: "600,"
+        if any(not p.strip() for p in parts):
+            raise ValueError(f"r {text!r} has an empty entry; give one number per layer, e.g. '600,200,100'.")
         try:
-            values = tuple(_number(p) for p in t.split(",") if p.strip())
+            values = tuple(_number(p) for p in parts)
         except ValueError as err:
             raise ValueError(
                 f"r {text!r}: every comma-separated entry must be a number (count or fraction < 1)."
@@ -209,6 +257,11 @@ def parse_r(text: str) -> RSpec:
 
 def _check_r_values(values: tuple[int | float, ...], text: str) -> tuple[int | float, ...]:
     for v in values:
-        if v < 0 or (isinstance(v, float) and v >= 1):
+        if not math.isfinite(v) or v < 0:
             raise ValueError(f"r {text!r}: entries must be counts >= 0 or fractions in [0, 1); got {v}.")
+        if isinstance(v, float) and v >= 1:
+            raise ValueError(
+                f"r {text!r}: entries must be counts >= 0 or fractions in [0, 1); got {v}, which is neither "
+                "a whole count nor a fraction < 1."
+            )
     return values

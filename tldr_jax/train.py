@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from tldr_jax.api import METHODS, POOLS, Params, apply
+from tldr_jax.api import Params, apply
 from tldr_jax.configs import ArchConfig, get_config
 from tldr_jax.data import (
     ClipDataset,
@@ -53,6 +53,7 @@ from tldr_jax.data import (
     load_batch,
     split,
 )
+from tldr_jax.options import METHODS, POOLS
 from tldr_jax.schedule import RSpec
 from tldr_jax.schedule import parse_r as parse_r_text
 
@@ -1022,8 +1023,10 @@ def _load_model(spec: str, overrides: list[tuple[str, Any]]) -> Params:
 
 
 def finetune_main(args: argparse.Namespace) -> int:
-    """Run ``tldr-jax finetune`` from parsed arguments; returns the exit status."""
-    params = _load_model(args.model, args.override)
+    """Run ``tldr-jax finetune`` from parsed arguments; returns the exit status.
+
+    The settings and the data folders are checked before the model is loaded or anything is written.
+    """
     out = Path(args.out)
     fc = FinetuneConfig(
         epochs=args.epochs,
@@ -1048,6 +1051,10 @@ def finetune_main(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         progress=not args.no_progress,
     )
+    for flag, folder in (("TRAIN", args.train), ("--val", args.val)):
+        if folder is not None and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder!r}: no such directory (one sub-folder per class).")
+    params = _load_model(args.model, args.override)
     folder_kwargs = {"sampling": args.sampling} if args.sampling else {}
     result = finetune(
         params,

@@ -41,10 +41,16 @@ and centre-crops 224. :func:`preprocessing_for` returns these per-family setting
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fractions
 import functools
+import math
+import numbers
 import os
-from collections.abc import Sequence
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +86,13 @@ RESIZE: dict[str, tuple[str, float, str]] = {
 #: Per-family default frame sampling.
 DEFAULT_SAMPLING: dict[str, str] = {"umt": "middle", "videomae": "uniform", "vivit": "uniform"}
 
+#: Codecs :func:`write_video` tries, by file suffix ("" for any other).
+CODECS: dict[str, tuple[str, ...]] = {
+    "": ("libx264", "h264", "mpeg4"),
+    ".webm": ("libvpx-vp9", "libvpx"),
+    ".avi": ("mpeg4", "libx264"),
+}
+
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg")
 NPY_EXTENSIONS: tuple[str, ...] = (".npy",)
 #: File suffixes :func:`load_clip` reads: videos and ``.npy`` clips.
@@ -93,6 +106,7 @@ __all__ = [
     "RESIZE",
     "SAMPLING_MODES",
     "VideoReadError",
+    "VideoReadWarning",
     "count_frames",
     "decode_frames",
     "default_clip",
@@ -114,6 +128,10 @@ class VideoReadError(ValueError):
 
     The message names the file, what was found, what was needed, and how to fix it.
     """
+
+
+class VideoReadWarning(UserWarning):
+    """A video file was usable but suspicious (e.g. truncated: fewer frames decode than it lists)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,6 +279,7 @@ def preprocess(
       ``(T, img_size, img_size, 3)`` float32, ``(pixel / 255 - mean) / std``.
     """
     arr = _as_rgb_frames(frames)
+    mean, std = check_mean_std(mean, std)
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}; got {resize!r}.")
     if interpolation not in INTERPOLATIONS:
@@ -279,6 +298,22 @@ def preprocess(
     m = np.asarray(mean, np.float32).reshape(1, 1, 1, -1)
     s = np.asarray(std, np.float32).reshape(1, 1, 1, -1)
     return ((x - m) / s).astype(np.float32)
+
+
+def check_mean_std(mean: Any, std: Any, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``mean`` / ``std`` as float tuples: ``channels`` finite values each, ``std > 0``."""
+    out = []
+    for name, values in (("mean", mean), ("std", std)):
+        try:
+            v = tuple(float(x) for x in np.asarray(values, np.float64).reshape(-1))
+        except (TypeError, ValueError):
+            v = ()
+        if len(v) != channels or not all(math.isfinite(x) for x in v):
+            raise ValueError(f"{name} must be {channels} finite numbers (one per channel); got {values!r}.")
+        out.append(v)
+    if min(out[1]) <= 0:
+        raise ValueError(f"std must be > 0 for every channel; got {std!r} (0 would divide by zero).")
+    return out[0], out[1]
 
 
 def denormalize(
@@ -434,12 +469,24 @@ def decode_frames(
     return np.stack([keep[i] for i in order]), seen
 
 
-def _too_short(path: Path, found: int, needed: int) -> VideoReadError:
-    return VideoReadError(
-        f"video {str(path)!r} has {found} frame(s) but {needed} are needed. Fix: sample fewer frames "
-        f"(num_frames <= {found}, e.g. --frames {max(1, found)}), pass pad=True (--pad) to repeat the last "
-        "frame as UMT does, or use a longer video."
+def _too_short(path: Path, found: int, needed: int, listed: int = 0) -> VideoReadError:
+    damaged = (
+        f" that decode (the container lists {listed}: the file looks truncated or damaged; re-encode or "
+        "re-download it)" if listed > found else ""
     )
+    return VideoReadError(
+        f"video {str(path)!r} has {found} frame(s){damaged} but {needed} are needed. Fix: sample "
+        f"fewer frames (num_frames <= {found}, e.g. --frames {max(1, found)}), pass pad=True (--pad) to "
+        "repeat the last frame as UMT does, or use a longer video."
+    )
+
+
+def _warn(on_warning: Callable[[str], None] | None, message: str) -> None:
+    """Report a usable but suspicious input to ``on_warning``, else as a :class:`VideoReadWarning`."""
+    if on_warning is not None:
+        on_warning(message)
+    else:
+        warnings.warn(message, VideoReadWarning, stacklevel=3)
 
 
 def read_video(
@@ -450,13 +497,16 @@ def read_video(
     frame_stride: int = 4,
     pad: bool = False,
     progress: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Decode ``num_frames`` sampled frames as ``(T, H, W, 3)`` uint8 RGB (no resizing).
 
-    Raises :class:`VideoReadError` for missing, unreadable or too-short files.
+    Raises :class:`VideoReadError` for missing, unreadable or too-short files. A file whose container
+    lists more frames than decode (truncated or damaged) is sampled from the frames that decode, with
+    a warning: passed to ``on_warning(message)`` when given, else a :class:`VideoReadWarning`.
     """
     p = _check_path(path)
-    total = count_frames(p)
+    listed = total = count_frames(p)
     if total < num_frames and not pad:
         total = count_frames(p, exact=True)
         if total < num_frames:
@@ -469,9 +519,15 @@ def read_video(
         # The container over-reported its frame count: resample with the true count.
         true_total = count_frames(p, exact=True)
         if true_total < num_frames and not pad:
-            raise _too_short(p, true_total, num_frames)
+            raise _too_short(p, true_total, num_frames, listed)
         if true_total == 0:
             raise VideoReadError(f"video {str(p)!r} has no decodable frames; re-encode or replace it.")
+        _warn(
+            on_warning,
+            f"video {str(p)!r}: the container lists {listed} frames but only {true_total} decode (truncated "
+            f"or damaged file); the {num_frames} frames were sampled from those {true_total}. Re-encode or "
+            "re-download it for the whole video.",
+        )
         idx = sample_indices(true_total, num_frames, sampling, frame_stride=frame_stride, pad=pad)
         frames, seen = decode_frames(p, idx, progress=progress)
     return frames
@@ -491,6 +547,7 @@ def load_video(
     frame_stride: int = 4,
     pad: bool = False,
     progress: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Read, sample, resize/crop and normalise a video file.
 
@@ -502,6 +559,7 @@ def load_video(
       frame_stride: stride of ``"uniform"`` sampling.
       pad: repeat the last frame when the video is too short (UMT behaviour) instead of raising.
       progress: show a tqdm progress bar while decoding.
+      on_warning: receives the message about a truncated file (default: a :class:`VideoReadWarning`).
 
     Returns:
       ``(T, img_size, img_size, 3)`` float32 normalised frames; add a batch axis with ``[None]``.
@@ -510,7 +568,8 @@ def load_video(
       VideoReadError: missing, unreadable or too-short file (the message says how to fix it).
     """
     frames = read_video(
-        path, num_frames, sampling=sampling, frame_stride=frame_stride, pad=pad, progress=progress
+        path, num_frames, sampling=sampling, frame_stride=frame_stride, pad=pad, progress=progress,
+        on_warning=on_warning,
     )
     return preprocess(
         frames, img_size, mean, std, short_side=short_side, resize=resize, interpolation=interpolation
@@ -524,16 +583,19 @@ def load_clip(
     img_size: int,
     sampling: Sampling = "middle",
     pad: bool = False,
+    on_warning: Callable[[str], None] | None = None,
     **preprocess_kwargs: Any,
 ) -> np.ndarray:
     """One model input from a video file or a ``.npy`` clip, as ``(num_frames, img_size, img_size, 3)``.
 
     A ``.npy`` clip is ``(T, H, W, 3)``: ``uint8`` pixels are sampled and preprocessed like video
     frames; floats are taken as already normalised (only the frames are sampled). Video files go through
-    :func:`load_video`. ``preprocess_kwargs`` are those of :func:`preprocess` (mean, std, resize, ...).
+    :func:`load_video` (``on_warning`` as there). ``preprocess_kwargs`` are those of :func:`preprocess`
+    (mean, std, resize, ...).
 
     Raises:
-      VideoReadError: an unreadable or too-short video. ``ValueError``: a clip of the wrong shape or dtype.
+      VideoReadError: an unreadable or too-short video. ``ValueError``: a clip of the wrong shape or
+      dtype, or with NaN / infinite values.
     """
     path = Path(path)
     want = (int(num_frames), int(img_size), int(img_size), 3)
@@ -541,6 +603,8 @@ def load_clip(
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"a .npy clip must be (T, H, W, 3); got shape {arr.shape}.")
+        if len(arr) == 0:
+            raise ValueError(f"the .npy clip {path.name!r} has no frames (shape {arr.shape}).")
         arr = np.asarray(arr[sample_indices(len(arr), num_frames, sampling, pad=pad)])
         if arr.dtype == np.uint8:
             clip = preprocess(arr, img_size, **preprocess_kwargs)
@@ -552,10 +616,13 @@ def load_clip(
             )
     else:
         clip = load_video(
-            path, num_frames, sampling=sampling, img_size=img_size, pad=pad, **preprocess_kwargs
+            path, num_frames, sampling=sampling, img_size=img_size, pad=pad, on_warning=on_warning,
+            **preprocess_kwargs,
         )
     if clip.shape != want:
         raise ValueError(f"clip has shape {clip.shape}; the model needs {want}.")
+    if not np.isfinite(clip).all():
+        raise ValueError(f"clip {path.name!r} holds NaN or infinite values; it would give NaN features.")
     return clip
 
 
@@ -581,6 +648,7 @@ def load_video_for(
     normalization: str | None = None,
     pad: bool = False,
     progress: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """A video preprocessed the way a model's family expects (frames, size, sampling, normalisation).
 
@@ -590,7 +658,7 @@ def load_video_for(
       num_frames: frames to sample (default: the model's ``num_frames``).
       sampling: override the family default (:data:`DEFAULT_SAMPLING`).
       normalization: override the mean/std key of :data:`NORMALIZATION` (e.g. ``"vivit_hf"``).
-      pad, progress: see :func:`load_video`.
+      pad, progress, on_warning: see :func:`load_video`.
 
     Returns:
       ``(T, H, W, 3)`` float32.
@@ -602,7 +670,7 @@ def load_video_for(
         return preprocess(default_clip_frames(n), cfg.img_size, **prep.kwargs())
     return load_video(
         path, n, sampling=sampling or prep.sampling, img_size=cfg.img_size, pad=pad, progress=progress,
-        **prep.kwargs(),
+        on_warning=on_warning, **prep.kwargs(),
     )
 
 
@@ -611,36 +679,74 @@ def load_video_for(
 # --------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` (same suffix) to write to: renamed to ``path`` when the block
+    succeeds, removed when it fails, so ``path`` is either complete or untouched."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{p.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def check_fps(fps: Any) -> float:
+    """``fps`` as a positive finite float (``ValueError`` otherwise)."""
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number of frames per second; got {fps!r}.")
+    return float(fps)
+
+
 def write_video(path: PathLike, frames: Any, fps: float = 8.0, *, codec: str | None = None) -> Path:
     """Write ``(T, H, W, 3)`` uint8 RGB frames to a video file (``.gif`` via Pillow, else PyAV).
 
-    Odd sizes are padded to even for yuv420p codecs. Returns the path.
+    Odd sizes are padded to even for yuv420p codecs. The file appears only once complete (written to
+    a temporary sibling first). Returns the path.
     """
+    fps = check_fps(fps)
     arr = _as_rgb_frames(frames)
+    if len(arr) == 0 or 0 in arr.shape[1:3]:
+        raise ValueError(f"no frames to write: got shape {arr.shape}.")
     if arr.dtype != np.uint8:
         arr = np.clip(np.round(arr * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() == ".gif":
         from PIL import Image
 
         imgs = [Image.fromarray(f) for f in arr]
-        imgs[0].save(p, save_all=True, append_images=imgs[1:], duration=int(round(1000 / fps)), loop=0)
+        with atomic_output(p) as tmp:
+            imgs[0].save(
+                tmp, save_all=True, append_images=imgs[1:], duration=max(1, int(round(1000 / fps))), loop=0
+            )
         return p
     av = _import_av()
     h, w = arr.shape[1:3]
     arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    names = [codec] if codec else ["libx264", "h264", "mpeg4"]
-    with av.open(str(p), mode="w") as container:
+    with atomic_output(p) as tmp:
+        _encode(av, tmp, arr, fractions.Fraction(fps).limit_denominator(1001), codec)
+    return p
+
+
+def _encode(av: Any, path: Path, arr: np.ndarray, rate: fractions.Fraction, codec: str | None) -> None:
+    """Encode uint8 ``(T, H, W, 3)`` frames (even sizes) with the first available codec."""
+    names = [codec] if codec else list(CODECS.get(path.suffix.lower(), CODECS[""]))
+    with av.open(str(path), mode="w") as container:
         stream = None
         for name in names:
             try:
-                stream = container.add_stream(name, rate=int(round(fps)))
+                stream = container.add_stream(name, rate=rate)
                 break
             except (*_av_errors(av), ValueError, KeyError):
                 continue
         if stream is None:
-            raise RuntimeError(f"none of the codecs {names} is available in this FFmpeg build.")
+            raise ValueError(
+                f"none of the codecs {names} can write {path.suffix} files in this FFmpeg build; use .mp4 "
+                "or .gif."
+            )
         stream.width, stream.height = arr.shape[2], arr.shape[1]
         stream.pix_fmt = "yuv420p"
         if stream.codec_context.name in ("libx264", "h264"):
@@ -650,7 +756,6 @@ def write_video(path: PathLike, frames: Any, fps: float = 8.0, *, codec: str | N
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return p
 
 
 def synthetic_frames(num_frames: int = 32, height: int = 224, width: int | None = None) -> np.ndarray:

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from tldr_jax.video import IMAGENET_MEAN, IMAGENET_STD, denormalize, write_video
+from tldr_jax.options import check_int
+from tldr_jax.video import IMAGENET_MEAN, IMAGENET_STD, atomic_output, check_fps, denormalize, write_video
 
 ROW_TITLES: tuple[str, ...] = ("frame", "saliency", "merge groups")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
@@ -396,8 +397,8 @@ def save_image(image: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(image, np.uint8)).save(p)
+    with atomic_output(p) as tmp:
+        Image.fromarray(np.asarray(image, np.uint8)).save(tmp)
     return p
 
 
@@ -417,11 +418,16 @@ def visualize(
     std: Sequence[float] | None = None,
     max_frames: int = 8,
     fps: float = 4.0,
+    **apply_kwargs: Any,
 ) -> tuple[Path, TokenMaps]:
     """Run the model on a normalised ``(T, H, W, 3)`` clip and write the visualisation.
 
+    ``apply_kwargs`` are further options of :func:`tldr_jax.apply` (``pool``, ``dtype``, ``precision``,
+    ...; the source map and saliency are requested here).
+
     ``out`` ending in ``.png``/``.jpg``/``.webp`` gets the :func:`saliency_grid`; ``.gif``/``.mp4``/...
-    gets the :func:`saliency_animation` over all frames. Returns the path and the token maps.
+    gets the :func:`saliency_animation` over all frames. Returns the path and the token maps. Every
+    argument is checked before the model runs; the file appears only once complete.
     """
     p = Path(out)
     ext = p.suffix.lower()
@@ -429,7 +435,11 @@ def visualize(
         raise ValueError(
             f"cannot write {str(p)!r}: use one of {', '.join(IMAGE_EXTENSIONS + ANIMATION_EXTENSIONS)}."
         )
-    output = analyze(params, video, r, method=method)
+    if p.is_dir():
+        raise ValueError(f"cannot write {str(p)!r}: it is a directory; give a file name such as vis.png.")
+    fps = check_fps(fps)
+    check_int("max_frames", max_frames, minimum=1)
+    output = analyze(params, video, r, method=method, **apply_kwargs)
     cfg = params.config
     if ext in IMAGE_EXTENSIONS:
         save_image(saliency_grid(video, output, cfg, mean=mean, std=std, max_frames=max_frames), p)
