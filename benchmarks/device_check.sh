@@ -4,8 +4,8 @@
 # beside them) that picks the flags; golden parity on the GPU under them; then the GPU benchmark of the
 # headline schedules under them.
 #
-# Usage, from the repository root: OUT=<results dir> TLDR_GOLDEN_DIR=<folder with golden_model.npz
-# and umt_tiny.pth> bash benchmarks/device_check.sh
+# Usage, from the repository root: OUT=<results dir> TLDR_GOLDEN_DIR=<folder with golden_model.npz,
+# golden_model_f64.npz and umt_tiny.pth> bash benchmarks/device_check.sh
 # Smoke test of the script on a CPU (tiny models, a minute or two): DEV=cpu QUICK=1 bash benchmarks/device_check.sh
 #
 # Learned on an H200 (2026-11-26): with --xla_gpu_autotune_level=0 tldr_jax was 3.3-4x slower than

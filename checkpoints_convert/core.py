@@ -16,7 +16,7 @@ import numpy as np
 
 from checkpoints_convert import formats, readers
 from checkpoints_convert.errors import ConversionError
-from checkpoints_convert.rules import Mapped, apply_table
+from checkpoints_convert.rules import SINCOS_POS_EMBED, Mapped, apply_table
 from tldr_jax.api import Params
 from tldr_jax.checkpoint import expected_shapes, save, unflatten_tree
 from tldr_jax.configs import ArchConfig
@@ -57,7 +57,8 @@ class Conversion:
             f"depth {cfg.depth}",
             f"width {cfg.embed_dim}",
             f"{cfg.num_heads} heads",
-            f"{cfg.num_frames} frames @ {cfg.img_size}px",
+            f"{cfg.num_frames} frames{' (fixed: learned pos_embed)' if cfg.pos_embed == 'learned' else ''} "
+            f"@ {cfg.img_size}px",
             f"{self.params.num_params() / 1e6:.2f}M params",
         ]
         if cfg.num_classes:
@@ -130,25 +131,44 @@ def _head_rules(
     ]
 
 
-def _verify_sincos(pos: Any, origin: str, notes: list[str], cfg: ArchConfig) -> None:
-    """Check a stored VideoMAE ``pos_embed (1, N, D)`` is the fixed sinusoid table tldr_jax recomputes."""
-    arr = readers.to_numpy(pos, "pos_embed")
+def _sincos_deviation(
+    fmt: str, state: Mapping[str, Any], user_drops: list[tuple[str, str]], origin: str
+) -> tuple[tuple[int, int, int], float] | None:
+    """Shape and max deviation of a VideoMAE ``pos_embed (1, N, D)`` from the fixed sinusoid table.
+
+    None when there is no table to judge: another format, no ``pos_embed``, or dropped by ``--ignore``.
+    """
+    if fmt != "videomae_pth" or "pos_embed" not in state:
+        return None
+    if any(re.match(p, "pos_embed") for p, _ in user_drops):
+        return None
+    arr = readers.to_numpy(state["pos_embed"], "pos_embed")
     if arr.ndim != 3 or arr.shape[0] != 1:
         raise ConversionError(f"{origin}: pos_embed has shape {arr.shape}; expected (1, N, D).")
     _, n, d = arr.shape
-    dev = float(np.max(np.abs(arr[0] - sinusoid_table(n, d))))
-    if dev > SINCOS_ATOL:
-        raise ConversionError(
-            f"{origin}: pos_embed is not the fixed sinusoid table (max deviation {dev:.3g}): learned "
-            "position embeddings are not supported for VideoMAE-style models. Drop it with "
-            "--ignore pos_embed only if you know the model used the sinusoid table."
-        )
-    notes.append(f"pos_embed verified as the fixed sinusoid table for {n} tokens (max deviation {dev:.1e})")
+    return (1, n, d), float(np.max(np.abs(arr[0] - sinusoid_table(n, d))))
+
+
+def _pos_embed_notes(shape: tuple[int, int, int], dev: float, cfg: ArchConfig) -> list[str]:
+    """What became of a stored VideoMAE ``pos_embed (1, N, D)`` (deviation ``dev`` from the sinusoid)."""
+    n = shape[1]
+    if cfg.pos_embed == "learned":
+        t, h, w = cfg.grid
+        made = f"{t} frames" if cfg.tubelet_size == 1 else f"{t} temporal positions ({cfg.num_frames} frames)"
+        return [
+            f"pos_embed {shape} stored by the checkpoint (not the fixed sinusoid table, max deviation "
+            f"{dev:.3g}: it was made for {made} of {h}x{w} patches; the official fine-tuning code "
+            "interpolates its 8-frame 224 px sinusoid table to any other size and stores it as a trainable "
+            "parameter); loaded as the model's position embedding (pos_embed='learned'); the model now runs "
+            f"on exactly {cfg.num_frames} frames of {cfg.img_size}x{cfg.img_size} px"
+        ]
+    notes = [f"pos_embed verified as the fixed sinusoid table for {n} tokens (max deviation {dev:.1e})"]
     if n != cfg.num_patches:
         notes.append(
             f"pos_embed was made for {n} tokens; the model runs on {cfg.num_patches} tokens "
             "(the table is recomputed, as the official code does when the size changes)"
         )
+    return notes
 
 
 def _synthesise_pool_norm(
@@ -286,13 +306,15 @@ def convert_state_dict_detailed(
         ckpt_num_frames=ckpt_num_frames,
         config_overrides=tuple((config_overrides or {}).items()),
     )
-    cfg, labels = formats.infer_config(spec, state, hf, opts, origin)
     user_drops = _ignore_rules(ignore, names, origin)
-    mapped = _apply(spec, state, names, user_drops + _head_rules(spec, state, opts), progress)
-    notes: list[str] = []
-    skip_check = any(re.match(p, "pos_embed") for p, _ in user_drops)
-    if name == "videomae_pth" and "pos_embed" in state and not skip_check:
-        _verify_sincos(state["pos_embed"], origin, notes, cfg)
+    pos = _sincos_deviation(name, state, user_drops, origin)
+    stored_pos = pos is not None and not pos[1] <= SINCOS_ATOL  # NaN counts as stored
+    cfg, labels = formats.infer_config(spec, state, hf, opts, origin, stored_pos_embed=stored_pos)
+    drops = user_drops + _head_rules(spec, state, opts)
+    if pos is not None and not stored_pos:
+        drops.append(SINCOS_POS_EMBED)
+    mapped = _apply(spec, state, names, drops, progress)
+    notes = _pos_embed_notes(*pos, cfg) if pos is not None else []
     _synthesise_pool_norm(spec, state, mapped, cfg, notes)
     _check_complete(spec, mapped, cfg, names, state, origin)
     if hf is not None and cfg.num_classes and labels is None:

@@ -5,7 +5,8 @@
                    ``PretrainVisionTransformer``) or a full UMT checkpoint (``vision_encoder.``
                    prefix, top-level ``vision_proj``, CLIP teacher / text tower dropped).
 ``videomae_pth``   original VideoMAE / UMT single-modality fine-tuned model: ``patch_embed``,
-                   ``blocks.{i}``, ``fc_norm``, ``head`` and an optional sinusoid ``pos_embed``.
+                   ``blocks.{i}``, ``fc_norm``, ``head`` and an optional ``pos_embed``: the fixed
+                   sinusoid table (recomputed) or a stored table (loaded; frame count then fixed).
 ``hf_videomae``    Hugging Face ``VideoMAEForVideoClassification`` / ``VideoMAEModel``.
 ``hf_vivit``       Hugging Face ``VivitForVideoClassification`` / ``VivitModel``.
 =================  ===================================================================================
@@ -449,12 +450,17 @@ def infer_config(
     hf_config: Mapping[str, Any] | None,
     opts: Options,
     origin: str,
+    *,
+    stored_pos_embed: bool = False,
 ) -> tuple[ArchConfig, tuple[str, ...] | None]:
     """The :class:`ArchConfig` (and labels) for normalised ``state`` in format ``fmt``.
 
     Width, depth, MLP size, patch/tubelet size, q/k/v biases, classifier size and ``vision_proj``
     come from the weights (and ``config.json`` for HF); heads, frames and image size from the HF
     config, else ``opts``, else the closest named architecture.
+
+    ``stored_pos_embed``: the ``videomae_pth`` ``pos_embed (1, N, D)`` is not the fixed sinusoid
+    table; it becomes the learned position embedding and ``N`` fixes the frame count.
     """
     if fmt.name == "umt":
         fields = _umt_fields(state, origin)
@@ -468,7 +474,9 @@ def infer_config(
             )
         make = _hf_videomae_fields if fmt.name == "hf_videomae" else _hf_vivit_fields
         fields = make(hf_config, state, origin)
-    if fmt.name == "videomae_pth" and opts.num_frames is None:
+    if fmt.name == "videomae_pth" and stored_pos_embed:
+        fields.update(_stored_pos_fields(state, fields, opts, origin))
+    elif fmt.name == "videomae_pth" and opts.num_frames is None:
         fields.update(_frames_from_pos_embed(state, fields, opts))
     fields = _apply_num_classes(fields, opts, origin)
     cfg = _apply_options(fmt.family, fields, opts, from_hf=fmt.name.startswith("hf_"))
@@ -488,6 +496,47 @@ def _frames_from_pos_embed(
     if not per_frame or shape[1] % per_frame:
         return {}
     return {"num_frames": shape[1] // per_frame * fields["tubelet_size"]}
+
+
+def _stored_pos_fields(
+    state: Mapping[str, np.ndarray], fields: Mapping[str, Any], opts: Options, origin: str
+) -> dict[str, Any]:
+    """``{"pos_embed": "learned", "num_frames": T}`` for a stored (not sinusoid) ``pos_embed (1, N, D)``.
+
+    The official fine-tuning code interpolates the sinusoid table made for 8 frames at 224 px (14x14
+    patches of 16) to any other token count and stores it as a learnable parameter: ``N`` then pins
+    the frame count (at the image size given, default 224).
+
+    Raises:
+      ConversionError: ``N`` is no whole number of frames, or ``--num-frames`` / ``--ckpt-num-frames``
+        contradict the table.
+    """
+    n = int(np.shape(state["pos_embed"])[1])
+    patch, tubelet = fields["patch_size"], fields["tubelet_size"]
+    img = opts.img_size or FAMILY_BASE["videomae"].img_size
+    side = img // patch
+    if not side or n % (side * side):
+        raise ConversionError(
+            f"{origin}: pos_embed stores a position table for {n} tokens, which is no whole number of "
+            f"frames of {side}x{side} patches ({img} px, patch {patch}): it fits no frame count at this "
+            f"image size. Pass the --img-size the model was fine-tuned at (a frame holds "
+            f"(img_size / {patch})^2 tokens)."
+        )
+    positions = n // (side * side)
+    frames = positions * tubelet
+    covers = f"{positions} temporal positions x {side}x{side} patches (tubelet {tubelet})"
+    if opts.num_frames is not None and opts.num_frames != frames:
+        raise ConversionError(
+            f"--num-frames {opts.num_frames} contradicts {origin}: its stored pos_embed ({n} tokens = "
+            f"{covers}) fixes the model to exactly {frames} frames at {img} px. Omit --num-frames (or pass "
+            f"{frames}); if the image size is what differs, pass --img-size instead."
+        )
+    if opts.ckpt_num_frames is not None:
+        raise ConversionError(
+            f"--ckpt-num-frames {opts.ckpt_num_frames} re-times the fixed sinusoid table, but {origin} "
+            f"stores its own position table ({covers}, {frames} frames); omit --ckpt-num-frames."
+        )
+    return {"pos_embed": "learned", "num_frames": frames}
 
 
 def _apply_num_classes(fields: dict[str, Any], opts: Options, origin: str) -> dict[str, Any]:

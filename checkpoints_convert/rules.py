@@ -192,16 +192,21 @@ UMT = Table(
     ),
 )
 
-#: Original VideoMAE / UMT single-modality fine-tuned models (``modeling_finetune.py``).
+#: Original VideoMAE / UMT single-modality fine-tuned models (``modeling_finetune.py``). A stored
+#: ``pos_embed`` that is not the fixed sinusoid table becomes the learned ``pos_embed``; the fixed
+#: table is dropped instead (:data:`SINCOS_POS_EMBED`), since tldr_jax recomputes it.
 VIDEOMAE_PTH = Table(
     rules=(
+        Rule("pos_embed", "pos_embed"),
         *conv3d("patch_embed.proj", "patch_embed/proj"),
         *_timm_block(""),
         *layernorm("fc_norm", "pool_norm"),
         *linear("head", "head"),
     ),
-    ignore=((r"pos_embed$", "pos_embed (fixed sinusoid table: verified, then recomputed by tldr_jax)"),),
 )
+
+#: Drop rule for a stored ``pos_embed`` verified to be the fixed sinusoid table.
+SINCOS_POS_EMBED = (r"pos_embed$", "pos_embed (fixed sinusoid table: verified, then recomputed by tldr_jax)")
 
 
 def _hf_layer_videomae() -> list[Rule]:

@@ -14,12 +14,30 @@ GOLDEN_DIR = Path(
     os.environ.get("TLDR_GOLDEN_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 )
 
-# Our float32 model matches the official float32 numbers to ~2.3e-5 (max abs, tokens), not 1e-5: the
-# tiny golden model's attention is near-uniform, so the saliency's min-max normalisation divides by a
-# score range of ~0.02 and amplifies last-ulp differences (matmul/exp/log rounding) ~200x. The golden
-# numbers themselves are ~1.6e-5 away from exact (float64) arithmetic, and in float64 our model equals
-# an independent PyTorch statement of the official forward to ~1e-13 (tests/test_model.py).
-MODEL_ATOL = 3e-5
+#: Whole-model parity is judged in float64 against the official code run in float64
+#: (``golden_model_f64.npz``): two runs of the same algorithm agree to ~1e-13 on any machine, because
+#: float64 rounding (~1e-16) stays far below the tolerance even after the saliency's amplification.
+#: Float32 goldens of this tiny model are not portable: its attention is nearly uniform, so the
+#: saliency's min-max normalisation divides by a score range of ~0.02 and amplifies last-ulp
+#: differences of the matmuls, ``exp`` and ``log`` ~200-fold; the official code re-run in float32 on an
+#: Intel CPU misses its own ``golden_model.npz`` (made on AMD) by 1.3e-5.
+F64_ATOL = 1e-10
+
+#: Outputs compared with the float64 truth (``pooled`` is stored ``(B, 1, C)``, tldr_jax gives ``(B, C)``).
+OUTPUTS = ("tokens", "pooled", "size")
+
+#: Float32 is judged against the float64 truth with the official float32 as the yardstick: per output,
+#: the RMS distance to the truth over every element of every golden schedule (:func:`rms_distance`) may
+#: be at most ``F32_FACTOR`` times the official float32's (:func:`official_f32_yardstick`). Not the max
+#: abs per schedule: on this ill-conditioned model that statistic varies ~2.5x between correct float32
+#: runs of the *same* code (the official code on one AMD EPYC with PyTorch's default / AVX2 / AVX-512
+#: kernels: tokens on ``fractions`` 1.7e-5 / 8.6e-6 / 8.3e-6 from the truth, 7.3e-6 on the CPU that
+#: made ``tokens_f32_here``), so a 2x bound per schedule fails the official code itself. The RMS over
+#: all schedules moves ~1.5x between those runs (tokens 0.90e-6 to 1.36e-6), and so does tldr_jax's
+#: float32 under XLA's AVX-512 / AVX2 / AVX / SSE4.2 code paths (0.95e-6 to 1.36e-6). A real loss of
+#: precision shows at once: bfloat16 products put the tokens 4.4e-2 (max abs) from the truth, 1500x
+#: the float32 error (tests/test_precision.py).
+F32_FACTOR = 2.0
 
 
 def golden(name: str) -> dict[str, np.ndarray]:
@@ -104,6 +122,82 @@ def golden_model():
     return golden("golden_model.npz")
 
 
+@pytest.fixture(scope="session")
+def golden_f64():
+    """Arrays of ``golden_model_f64.npz``: the official code in float64 (the parity reference)."""
+    return golden("golden_model_f64.npz")
+
+
 def golden_schedules(data: dict[str, np.ndarray]) -> list[str]:
-    """Schedule names present in ``golden_model.npz``."""
+    """Schedule names present in ``golden_model.npz`` / ``golden_model_f64.npz``."""
     return sorted({k.split("/")[0] for k in data if k.endswith("/schedule")})
+
+
+def golden_video(data: dict[str, np.ndarray], dtype=np.float32) -> np.ndarray:
+    """The golden input ``(B, C, T, H, W)`` as tldr_jax's ``(B, T, H, W, C)`` in ``dtype``.
+
+    The float64 file holds the float32 video widened, so both dtypes see the same pixels."""
+    return data["video_bcthw"].transpose(0, 2, 3, 4, 1).astype(dtype)
+
+
+def golden_schedule(data: dict[str, np.ndarray], name: str) -> tuple[float, ...]:
+    """The per-layer ``r`` list of schedule ``name``."""
+    return tuple(float(v) for v in data[f"{name}/schedule"])
+
+
+def golden_output(data: dict[str, np.ndarray], name: str, key: str) -> np.ndarray:
+    """Output ``key`` of schedule ``name`` in tldr_jax's layout (``pooled`` ``(B, C)``)."""
+    ref = data[f"{name}/{key}"]
+    return ref[:, 0] if key == "pooled" else ref
+
+
+def as_float64(params):
+    """``params`` with every leaf cast to float64 (call under ``jax.enable_x64``)."""
+    import jax
+    import jax.numpy as jnp
+
+    return params.replace(tree=jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params.tree))
+
+
+def assert_float64_parity(out, truth: dict[str, np.ndarray], name: str) -> None:
+    """tokens, pooled and sizes of a float64 ``tldr_jax.Output`` within :data:`F64_ATOL` of the truth."""
+    for key in OUTPUTS:
+        got = np.asarray(getattr(out, key))
+        assert got.dtype == np.float64, (name, key, got.dtype)
+        np.testing.assert_allclose(got, golden_output(truth, name, key), atol=F64_ATOL, rtol=0,
+                                   err_msg=f"{name}/{key}")
+
+
+def rms_distance(outputs: dict[str, dict[str, np.ndarray]], truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per output, the root mean square of ``output - truth`` over every element of every schedule.
+
+    Args:
+      outputs: ``{schedule: {"tokens": (B, N', C), "pooled": (B, C), "size": (B, N', 1)}}``.
+      truth: the arrays of ``golden_model_f64.npz``.
+
+    Returns:
+      ``{"tokens": rms, "pooled": rms, "size": rms}`` (only the keys present in ``outputs``).
+    """
+    keys = [k for k in OUTPUTS if all(k in row for row in outputs.values())]
+    result = {}
+    for key in keys:
+        diffs = [np.asarray(row[key], np.float64) - golden_output(truth, name, key)
+                 for name, row in outputs.items()]
+        result[key] = float(np.sqrt(np.mean(np.concatenate([d.ravel() for d in diffs]) ** 2)))
+    return result
+
+
+def official_f32_yardstick(
+    truth: dict[str, np.ndarray], official_f32: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """How far the official code's own float32 runs are from the float64 truth (see :func:`rms_distance`).
+
+    Two official float32 runs are held, made on different CPUs: ``golden_model.npz`` (tokens, pooled,
+    sizes) and ``S/tokens_f32_here`` in the float64 file (tokens only). Per output the yardstick is the
+    larger of the runs that have it: the official float32 error as it shows on an x86 CPU.
+    """
+    names = golden_schedules(truth)
+    runs = [{n: {k: golden_output(official_f32, n, k) for k in OUTPUTS} for n in names},
+            {n: {"tokens": truth[f"{n}/tokens_f32_here"]} for n in names}]
+    dists = [rms_distance(run, truth) for run in runs]
+    return {k: max(d[k] for d in dists if k in d) for k in OUTPUTS}

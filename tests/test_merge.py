@@ -15,7 +15,6 @@ from hypothesis import given, settings
 
 import tldr_jax
 from tldr_jax import merge as M
-from tldr_jax.saliency import ordered_sum
 
 CASES = ("0", "1")
 
@@ -139,12 +138,19 @@ def test_protected_tokens_stay_first_and_untouched(shape, p, data):
 
 
 def test_unmerged_sources_keep_order_and_output_layout():
+    # vid-TLDR (a saliency given): unmerged sources in their original order, then the destinations.
     x, attn = _rand(0, 2, 20, 8)
-    plan = M.bipartite_plan(x, 4)
+    plan = M.bipartite_plan(x, 4, saliency=tldr_jax.saliency(attn))
+    assert plan.method == "vid_tldr"
     assert np.all(np.diff(np.asarray(plan.unm_idx), axis=-1) > 0)
     out = M.apply_plan(plan, x)
     np.testing.assert_array_equal(out[:, :6], jnp.take_along_axis(x[:, 0::2], plan.unm_idx[..., None], 1))
     assert out.shape == (2, 16, 8)
+    # ToMe (no saliency, nothing protected): unmerged sources stay in descending match-score order.
+    tome = M.bipartite_plan(x, 4)
+    assert tome.method == "tome"
+    assert not np.all(np.diff(np.asarray(tome.unm_idx), axis=-1) > 0)
+    np.testing.assert_array_equal(np.sort(tome.unm_idx, -1), plan.unm_idx)
 
 
 def test_merge_is_float32_for_bf16_input():
@@ -204,10 +210,23 @@ def test_constant_saliency_falls_back_to_tome():
     uniform = jnp.full((2, 2, 12, 12), 1 / 12)
     sal = tldr_jax.saliency(uniform)
     np.testing.assert_array_equal(sal, np.ones((2, 12)))
-    out_v, size_v, _ = M.merge_tokens(x, 5, attn=uniform)
-    out_t, size_t, _ = M.merge_tokens(x, 5)
-    np.testing.assert_allclose(out_v, out_t, atol=1e-6)
-    np.testing.assert_allclose(size_v, size_t, atol=1e-6)
+    out_v, size_v, _ = M.merge_tokens(x, 3, attn=uniform)
+    # the unweighted merge in vid-TLDR's order ...
+    plain = M.bipartite_plan(x, 3, method="vid_tldr")
+    out_p, size_p = M.merge_wavg(plain, x)
+    np.testing.assert_allclose(out_v, out_p, atol=1e-6)
+    np.testing.assert_allclose(size_v, size_p, atol=1e-6)
+    # ... which is ToMe's merge up to the order of the unmerged tokens
+    tome = M.bipartite_plan(x, 3)
+    out_t, size_t = M.merge_wavg(tome, x)
+    np.testing.assert_array_equal(tome.src_idx, plain.src_idx)
+    np.testing.assert_array_equal(tome.dst_idx, plain.dst_idx)
+    n_unm = tome.unm_idx.shape[1]
+    back = np.argsort(np.asarray(tome.unm_idx), -1)[..., None]  # ToMe's unmerged tokens in index order
+    np.testing.assert_allclose(np.take_along_axis(np.asarray(out_t[:, :n_unm]), back, 1), out_p[:, :n_unm],
+                               atol=1e-6)
+    np.testing.assert_allclose(out_t[:, n_unm:], out_p[:, n_unm:], atol=1e-6)
+    np.testing.assert_allclose(size_t[:, n_unm:], size_p[:, n_unm:], atol=1e-6)
 
 
 def test_saliency_range_and_background():
@@ -217,46 +236,6 @@ def test_saliency_range_and_background():
     s = np.asarray(tldr_jax.sharpness(attn))
     s = (s - s.min(-1, keepdims=True)) / np.ptp(s, -1, keepdims=True)
     assert np.all(sal[s < s.mean(-1, keepdims=True)] == 0)
-
-
-def _sum_in_official_order(x: np.ndarray, lanes: int = 8, accumulators: int = 4) -> np.ndarray:
-    """NumPy statement of the order ``ordered_sum`` promises: float32 adds, one vector at a time."""
-    x = np.asarray(x, np.float32)
-    n = x.shape[-1]
-    vecs = [x[..., i * lanes : (i + 1) * lanes] for i in range(n // lanes)]
-    parts: list = [None] * accumulators
-    full = len(vecs) // accumulators * accumulators
-    for i, v in enumerate(vecs[:full]):
-        k = i % accumulators
-        parts[k] = v.copy() if parts[k] is None else parts[k] + v
-    for v in vecs[full:]:
-        parts[0] = v.copy() if parts[0] is None else parts[0] + v
-    for p in parts[1:]:
-        if p is not None:
-            parts[0] = parts[0] + p
-    total = np.zeros(x.shape[:-1], np.float32)
-    for k in range(len(vecs) * lanes, n):
-        total = total + x[..., k]
-    for lane in range(lanes if parts[0] is not None else 0):
-        total = total + parts[0][..., lane]
-    return total
-
-
-@pytest.mark.parametrize("n", [*range(1, 70), 127, 129, 942, 1452, 2352])
-def test_ordered_sum_adds_in_the_official_order(n):
-    rng = np.random.default_rng(n)
-    x = (rng.standard_normal((2, 3, n)) * np.exp(3 * rng.standard_normal((2, 3, n)))).astype(np.float32)
-    want = _sum_in_official_order(x)
-    np.testing.assert_array_equal(jax.jit(ordered_sum)(x), want)
-    assert n < 40 or not np.array_equal(want, x.sum(-1, dtype=np.float32))  # the order matters here
-
-
-def test_ordered_sum_stays_small_for_the_compiler():
-    # One slice per 32 tokens (plus a fixed tail), not one per 8: the program of a 12-layer merging
-    # schedule compiles faster with it. 2352 tokens: 73 row slices + at most 2 + 3 + 7 + 8 others.
-    jaxpr = jax.make_jaxpr(ordered_sum)(jnp.zeros((1, 4, 2352)))
-    slices = sum(e.primitive.name == "slice" for e in jaxpr.eqns)
-    assert 2352 // 32 <= slices <= 2352 // 32 + 25, slices
 
 
 def test_cap_warns_and_matches_official_rule():
@@ -288,3 +267,211 @@ def test_errors_name_the_value_and_fix(call, exc, pattern):
     x, attn = _rand(7, 2, 10, 4)
     with pytest.raises(exc, match=pattern):
         call(x, attn)
+
+
+# --------------------------------------------------------------------------------------------------
+# ToMe, exactly: a NumPy statement of ToMe's bipartite soft matching, merge_wavg, merge_source and
+# unmerge (facebookresearch/ToMe, tome/merge.py), written from its description, in float64.
+# --------------------------------------------------------------------------------------------------
+
+
+def _tome_reference_plan(metric: np.ndarray, r: int, protected: int):
+    """ToMe's matching: cosine scores A x B, protected rows/columns at -inf, edges by descending
+    score, the first r merge; unmerged sources stay in score order unless a token is protected."""
+    m = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
+    scores = m[:, 0::2] @ np.swapaxes(m[:, 1::2], 1, 2)
+    if protected >= 1:
+        scores[:, 0, :] = -np.inf  # the class token never leaves
+    if protected >= 2:
+        scores[:, :, 0] = -np.inf  # the distillation token never receives
+    node_max, node_idx = scores.max(-1), scores.argmax(-1)
+    edges = np.argsort(-node_max, axis=-1, kind="stable")
+    src, unm = edges[:, :r], edges[:, r:]
+    if protected:
+        unm = np.sort(unm, axis=-1)
+    return unm, src, np.take_along_axis(node_idx, src, -1)
+
+
+def _tome_reference_merge(plan, v: np.ndarray, reduce) -> np.ndarray:
+    unm, src, dst = plan
+    a, b = v[:, 0::2], v[:, 1::2].copy()
+    for i in range(v.shape[0]):
+        reduce.at(b[i], dst[i], a[i, src[i]])
+    kept = np.take_along_axis(a, unm.reshape(unm.shape + (1,) * (v.ndim - 2)), 1)
+    return np.concatenate([kept, b], axis=1)
+
+
+def _tome_reference_chain(x, rs, protected):
+    """Three ToMe steps on (B, N, C): tokens (metric = tokens), sizes and the dense source map."""
+    size = np.ones(x.shape[:2] + (1,))
+    source = np.broadcast_to(np.eye(x.shape[1]), (x.shape[0],) + (x.shape[1],) * 2).copy()
+    for r in rs:
+        plan = _tome_reference_plan(x, r, protected)
+        source = _tome_reference_merge(plan, source, np.maximum)
+        x = _tome_reference_merge(plan, x * size, np.add)
+        size = _tome_reference_merge(plan, size, np.add)
+        x = x / size
+        if protected == 2:  # ToMe's layout with a distillation token: [cls, dist, rest..., dests...]
+            n_unm = plan[0].shape[1]
+            order = [0, n_unm] + list(range(1, n_unm)) + list(range(n_unm + 1, x.shape[1]))
+            x, size, source = x[:, order], size[:, order], source[:, order]
+    return x, size, source
+
+
+@pytest.mark.parametrize("protected", [0, 1, 2])
+@pytest.mark.parametrize("seed", range(10))
+def test_tome_three_step_chain_is_tome_exactly(seed, protected):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 37, 6))
+    rs = (9, 7, 5)
+    want_x, want_size, want_src = _tome_reference_chain(x, rs, protected)
+    with jax.enable_x64(True):
+        got, size, src = jnp.asarray(x), None, M.identity_source(2, 37, jnp.float64)
+        for r in rs:
+            got, size, src = M.merge_tokens(got, r, size=size, source=src, protected=protected)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want_x, atol=1e-12, rtol=0)  # same tokens, same order
+        np.testing.assert_allclose(size, want_size, atol=1e-12, rtol=0)
+        np.testing.assert_array_equal(src, want_src)
+    # float32 makes the same decisions on these inputs (score gaps >> float32 rounding)
+    got32 = jnp.asarray(x, jnp.float32)
+    size32 = None
+    for r in rs:
+        got32, size32, _ = M.merge_tokens(got32, r, size=size32, protected=protected)
+    np.testing.assert_allclose(got32, want_x, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(size32, want_size)
+
+
+def test_model_tome_method_keeps_tomes_order():
+    # In the encoder, method="tome" merges on the head-mean keys with ToMe's plan: the unmerged
+    # sources come out in ToMe's (score) order.
+    params = tldr_jax.init(0, "umt_b16", depth=1, embed_dim=32, num_heads=2, mlp_dim=64, num_frames=4,
+                           img_size=32, tubelet_size=1)
+    video = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+    out = tldr_jax.apply(params, video, r=(4,), method="tome", source="origin")
+    model = tldr_jax.build(params)
+    block = model.blocks()[0]
+    _, keys = block.attn(block.norm1(model.embed(video)), None, "keys")
+    unm, _, _ = _tome_reference_plan(np.asarray(keys, np.float64), 4, 0)
+    assert not np.all(np.diff(unm, axis=-1) > 0)  # score order differs from index order here
+    owner = np.asarray(out.source.owner)
+    first_four = np.broadcast_to(np.arange(4), (2, 4))  # ToMe's unmerged sources lead, in score order
+    np.testing.assert_array_equal(np.take_along_axis(owner, 2 * unm, 1), first_four)
+
+
+def _tome_reference_unmerge(plan, merged: np.ndarray, n: int) -> np.ndarray:
+    """ToMe's unmerge for nothing or one protected token: odd slots from the destinations, unmerged
+    sources back to their slots, merged sources get their destination's value."""
+    unm, src, dst = plan
+    n_unm = unm.shape[1]
+    kept, dests = merged[:, :n_unm], merged[:, n_unm:]
+    out = np.zeros((merged.shape[0], n) + merged.shape[2:])
+    out[:, 1::2] = dests
+    for i in range(merged.shape[0]):
+        out[i, 2 * unm[i]] = kept[i]
+        out[i, 2 * src[i]] = dests[i, dst[i]]
+    return out
+
+
+@pytest.mark.parametrize("protected", [0, 1])
+@pytest.mark.parametrize("n", [9, 16])
+def test_unmerge_equals_tomes_unmerge(n, protected):
+    rng = np.random.default_rng(n + protected)
+    x = rng.standard_normal((3, n, 5)).astype(np.float32)
+    r = (n - protected) // 2 - 1
+    plan = M.bipartite_plan(jnp.asarray(x), r, protected=protected)
+    merged = M.apply_plan(plan, jnp.asarray(x), "mean")
+    ref = _tome_reference_plan(x.astype(np.float64), r, protected)
+    np.testing.assert_array_equal(plan.unm_idx, ref[0])
+    want = _tome_reference_unmerge(ref, np.asarray(merged), n)
+    np.testing.assert_array_equal(M.unmerge(plan, merged), want)
+
+
+@pytest.mark.parametrize("method", ["tome", "vid_tldr"])
+@pytest.mark.parametrize("protected", [0, 1, 2, 3])
+def test_unmerge_gives_every_position_its_tokens_value(method, protected):
+    # ToMe's unmerge puts its protected tokens in the wrong slots when two are protected; this one
+    # must not: an unmerged token (protected ones included) gets back exactly its own value.
+    x, attn = _rand(protected, 2, 21, 4)
+    sal = tldr_jax.saliency(attn) if method == "vid_tldr" else None
+    plan = M.bipartite_plan(x, 6, protected=protected, saliency=sal)
+    merged = M.apply_plan(plan, x)
+    back = np.asarray(M.unmerge(plan, merged))
+    assert back.shape == x.shape
+    np.testing.assert_array_equal(back[:, :protected], x[:, :protected])
+    dest, _ = M.destination_index(plan)
+    want = np.take_along_axis(np.asarray(merged), np.asarray(dest)[..., None], 1)
+    np.testing.assert_array_equal(back, want)
+    merged_src = 2 * np.asarray(plan.src_idx)  # token positions of the merged sources
+    for b in range(2):
+        untouched = np.setdiff1d(np.arange(0, 21, 2), merged_src[b])
+        np.testing.assert_array_equal(back[b, untouched], np.asarray(x)[b, untouched])
+
+
+def test_unmerge_whole_schedule_through_the_origin_map():
+    x, attn = _rand(11, 2, 30, 4)
+    origin = M.identity_origin(2, 30)
+    y, size = x, None
+    plans = []
+    for r in (8, 5, 3):
+        plan = M.bipartite_plan(y, r)
+        plans.append(plan)
+        y, size = M.merge_wavg(plan, y, size)
+        origin = M.update_origin(plan, origin)
+    # one gather through the O(N) map equals undoing the steps one by one
+    step_by_step = y
+    for plan in reversed(plans):
+        step_by_step = M.unmerge(plan, step_by_step)
+    np.testing.assert_array_equal(M.unmerge(origin, y), step_by_step)
+    assert M.unmerge(origin, y).shape == (2, 30, 4)
+    # and it works on any trailing shape, e.g. per-token class maps (B, N', K, 2)
+    extra = jnp.arange(2 * 14 * 6, dtype=jnp.float32).reshape(2, 14, 3, 2)
+    assert M.unmerge(origin, extra).shape == (2, 30, 3, 2)
+
+
+def test_r_zero_is_a_no_op_everywhere():
+    x, attn = _rand(12, 2, 11, 4)
+    for sal in (None, tldr_jax.saliency(attn)):
+        plan = M.bipartite_plan(x, 0, saliency=sal)
+        assert plan.r == 0 and plan.num_out == 11
+        assert M.apply_plan(plan, x) is x
+        out, size = M.merge_wavg(plan, x)
+        assert out is x
+        np.testing.assert_array_equal(size, np.ones((2, 11, 1)))
+        dest, factor = M.destination_index(plan)
+        np.testing.assert_array_equal(dest, np.broadcast_to(np.arange(11), (2, 11)))
+        np.testing.assert_array_equal(factor, np.ones((2, 11)))
+        assert M.unmerge(plan, x) is x
+        origin = M.update_origin(plan, M.identity_origin(2, 11))
+        np.testing.assert_array_equal(origin.owner, np.broadcast_to(np.arange(11), (2, 11)))
+        np.testing.assert_array_equal(M.merge_source(plan, None), M.identity_source(2, 11))
+
+
+def test_merge_source_none_starts_from_the_identity():
+    x, _ = _rand(13, 2, 10, 4)
+    plan = M.bipartite_plan(x, 3)
+    np.testing.assert_array_equal(M.merge_source(plan, None), M.merge_source(plan, M.identity_source(2, 10)))
+
+
+@pytest.mark.parametrize(
+    "call, exc, pattern",
+    [
+        (lambda x, p: M.merge_source(p, jnp.ones((2, 10))), TypeError, r"dense \(B, N, N0\) map"),
+        (lambda x, p: M.merge_source(None, None), TypeError, "MergePlan"),
+        (lambda x, p: M.merge_wavg(p, x, jnp.ones((2, 10))), ValueError, r"size\[\.\.\., None\]"),
+        (lambda x, p: M.merge_wavg(p, x[:, :8]), ValueError, "made for 10 tokens"),
+        (lambda x, p: M.merge_wavg(p, x[:1]), ValueError, "batch of 2"),
+        (lambda x, p: M.apply_plan(p, x, "median"), ValueError, "'sum', 'mean' or 'amax'"),
+        (lambda x, p: M.unmerge(p, x), ValueError, r"expected \(B, 7, \.\.\.\)"),
+        (lambda x, p: M.unmerge(x, x), TypeError, "MergePlan or a TokenOrigin"),
+        (lambda x, p: M.update_origin(p, x), TypeError, "TokenOrigin"),
+        (lambda x, p: M.bipartite_plan(x, 2, method="bipartite"), ValueError, "'vid_tldr' or 'tome'"),
+        (lambda x, p: M.bipartite_plan(x, 2, method="tome", saliency=x[..., 0]), ValueError, "no saliency"),
+        (lambda x, p: M.bipartite_plan(x, 2, protected=11), ValueError, "protected = 11"),
+    ],
+)
+def test_low_level_errors_name_the_value_and_fix(call, exc, pattern):
+    x, _ = _rand(14, 2, 10, 4)
+    plan = M.bipartite_plan(x, 3)
+    with pytest.raises(exc, match=pattern):
+        call(x, plan)

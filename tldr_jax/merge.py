@@ -7,8 +7,14 @@ and then applied to any number of arrays: tokens, sizes, the dense source map.
 Token layout (as in ToMe and the official vid-TLDR): tokens alternate between a source set ``A``
 (even indices) and a destination set ``B`` (odd indices). Each source picks its most similar
 destination (cosine similarity of the metric); the ``r`` sources with the most similar match are
-merged into their destinations; unmerged sources keep their original order. The output order is
-``[unmerged sources, destinations]``, with protected tokens moved first.
+merged into their destinations. The output order is ``[unmerged sources, destinations]``, with
+protected tokens moved first. The two methods differ only in details that the official code fixes:
+
+* ``"vid_tldr"`` (official vid-TLDR): unmerged sources keep their original order; merged sources are
+  scaled by their saliency; sizes are rescaled by their maximum inside the weighted average.
+* ``"tome"`` (ToMe's ``bipartite_soft_matching`` + ``merge_wavg``): unmerged sources stay in
+  descending match-score order (sorted by index only when a token is protected, as ToMe does for its
+  class token); plain size-weighted average.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tldr_jax.options import Method
 from tldr_jax.saliency import acc_dtype
 from tldr_jax.saliency import saliency as vid_tldr_saliency
 
@@ -37,6 +44,7 @@ __all__ = [
     "merge_wavg",
     "merge_source",
     "merge_tokens",
+    "unmerge",
     "destination_index",
     "identity_source",
     "identity_origin",
@@ -55,12 +63,16 @@ class MergePlan:
     """Indices of one bipartite merge step, computed once and applied to many arrays.
 
     Attributes:
-      unm_idx: ``(B, Na - r)`` int32 indices into the source set of the unmerged sources, ascending.
+      unm_idx: ``(B, Na - r)`` int32 indices into the source set of the unmerged sources, in output
+        order (ascending for vid-TLDR; match-score order for ToMe without protected tokens).
       src_idx: ``(B, r)`` int32 indices into the source set of the merged sources.
       dst_idx: ``(B, r)`` int32 indices into the destination set each merged source joins.
-      src_weight: ``(B, r)`` float32 saliency of each merged source (vid-TLDR) or ``None`` (ToMe).
+      src_weight: ``(B, r)`` float32 saliency of each merged source (vid-TLDR) or ``None``.
       num_tokens: static token count ``N`` the plan was made for.
       protected: static number of leading tokens that are never merged.
+      method: static ``"vid_tldr"`` or ``"tome"``: which arithmetic :func:`merge_wavg` follows.
+
+    A plan with ``r = 0`` is the identity: applying it returns its input unchanged.
     """
 
     unm_idx: Array
@@ -69,6 +81,7 @@ class MergePlan:
     src_weight: Array | None
     num_tokens: int = struct.field(pytree_node=False)
     protected: int = struct.field(pytree_node=False, default=0)
+    method: Method = struct.field(pytree_node=False, default="vid_tldr")
 
     @property
     def r(self) -> int:
@@ -147,7 +160,7 @@ def resolve_r(r: int | float, num_tokens: int, protected: int = 0, *, layer: int
     if r < 1:
         count = int(num_tokens * float(r))
     else:
-        if float(r) != int(r):
+        if not isinstance(r, (int, np.integer)) and not float(r).is_integer():
             raise ValueError(
                 f"r{where} = {r!r} is neither a whole count nor a fraction < 1. "
                 "Use an int (tokens to merge) or a float in [0, 1) (fraction of the current tokens)."
@@ -184,15 +197,19 @@ def bipartite_plan(
     *,
     protected: int = 0,
     saliency: Array | None = None,
+    method: Method | None = None,
 ) -> MergePlan:
     """Bipartite soft matching: choose which ``r`` tokens merge into which.
 
     Args:
       metric: ``(B, N, C)`` similarity features (vid-TLDR: the hidden states; ToMe: mean keys).
         No gradient flows through the matching.
-      r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
+      r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``; ``0`` gives the
+        identity plan.
       protected: static number of leading tokens (e.g. a CLS token) never merged.
       saliency: optional ``(B, N)`` vid-TLDR saliency; merged sources are scaled by it.
+      method: ``"vid_tldr"`` (the official vid-TLDR matching, output order and arithmetic) or
+        ``"tome"`` (ToMe's, exactly). Default: ``"vid_tldr"`` with a saliency, ``"tome"`` without.
 
     Returns:
       A :class:`MergePlan`.
@@ -200,36 +217,76 @@ def bipartite_plan(
     _check_tokens("metric", metric)
     r = _check_static_int("r", r)
     protected = _check_static_int("protected", protected)
+    method = _check_method(method, saliency)
     bsz, n, _ = metric.shape
+    if protected > n:
+        raise ValueError(f"protected = {protected} is more than the {n} tokens of the metric.")
     cap = max((n - protected) // 2, 0)
     if r > cap:
         raise ValueError(
             f"r = {r} is more than a bipartite merge of {n} tokens ({protected} protected) can remove "
             f"(at most {cap}). Resolve r with tldr_jax.resolve_r, which caps it."
         )
+    if saliency is not None and saliency.shape != (bsz, n):
+        raise ValueError(
+            f"saliency must have shape (B, N) = {(bsz, n)} to match the metric; got {saliency.shape}."
+        )
+    n_a = (n + 1) // 2
+    if r == 0:
+        unm_idx = jnp.broadcast_to(jnp.arange(n_a, dtype=jnp.int32), (bsz, n_a))
+        empty = jnp.zeros((bsz, 0), jnp.int32)
+        weight = None if saliency is None else jnp.zeros((bsz, 0), acc_dtype(saliency.dtype))
+        return MergePlan(unm_idx, empty, empty, weight, num_tokens=n, protected=protected, method=method)
+    node_max, node_idx = _best_destinations(metric, protected, method)
+    edge_idx = jnp.argsort(node_max, axis=-1, descending=True, stable=True).astype(jnp.int32)
+    src_idx = edge_idx[:, :r]
+    unm_idx = edge_idx[:, r:]
+    if method == "vid_tldr" or protected:  # ToMe sorts only to keep its class token first
+        unm_idx = jnp.sort(unm_idx, axis=-1)
+    dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=-1)
+    src_weight = None
+    if saliency is not None:
+        sal = jax.lax.stop_gradient(saliency).astype(acc_dtype(saliency.dtype))
+        src_weight = jnp.take_along_axis(sal[:, 0::2], src_idx, axis=-1)
+    return MergePlan(
+        unm_idx, src_idx, dst_idx, src_weight, num_tokens=n, protected=protected, method=method
+    )
+
+
+def _check_method(method: object, saliency: Array | None) -> Method:
+    """Resolve a plan's method: explicit, else vid-TLDR with a saliency and ToMe without."""
+    if method is None:
+        return "tome" if saliency is None else "vid_tldr"
+    if method not in ("vid_tldr", "tome"):
+        raise ValueError(f"method must be 'vid_tldr' or 'tome'; got {method!r}.")
+    if method == "tome" and saliency is not None:
+        raise ValueError("ToMe has no saliency: pass saliency=None with method='tome'.")
+    return method
+
+
+def _best_destinations(metric: Array, protected: int, method: Method) -> tuple[Array, Array]:
+    """Best destination of every source token and its score.
+
+    Args:
+      metric: ``(B, N, C)``.
+
+    Returns:
+      ``(node_max, node_idx)``, both ``(B, Na)``: the cosine similarity to the closest destination
+      (vid-TLDR maps it to ``(cos + 1) / 2`` as its code does) and that destination's index.
+      Protected sources score ``-inf``; protected destinations are never chosen.
+    """
+    n = metric.shape[1]
     metric = jax.lax.stop_gradient(metric).astype(acc_dtype(metric.dtype))
     metric = metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
     a, b = metric[:, 0::2], metric[:, 1::2]
-    scores = (jnp.einsum("bic,bjc->bij", a, b, precision=jax.lax.Precision.HIGHEST) + 1.0) / 2.0
+    scores = jnp.einsum("bic,bjc->bij", a, b, precision=jax.lax.Precision.HIGHEST)
+    if method == "vid_tldr":
+        scores = (scores + 1.0) / 2.0
     if protected:
         prot_a, prot_b = _protected_masks(n, protected)
         scores = jnp.where(prot_a[None, :, None], -jnp.inf, scores)
         scores = jnp.where(prot_b[None, None, :], -jnp.inf, scores)
-    node_max = jnp.max(scores, axis=-1)
-    node_idx = jnp.argmax(scores, axis=-1).astype(jnp.int32)
-    edge_idx = jnp.argsort(node_max, axis=-1, descending=True, stable=True).astype(jnp.int32)
-    src_idx = edge_idx[:, :r]
-    unm_idx = jnp.sort(edge_idx[:, r:], axis=-1)
-    dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=-1)
-    src_weight = None
-    if saliency is not None:
-        if saliency.shape != (bsz, n):
-            raise ValueError(
-                f"saliency must have shape (B, N) = {(bsz, n)} to match the metric; got {saliency.shape}."
-            )
-        sal = jax.lax.stop_gradient(saliency).astype(acc_dtype(saliency.dtype))
-        src_weight = jnp.take_along_axis(sal[:, 0::2], src_idx, axis=-1)
-    return MergePlan(unm_idx, src_idx, dst_idx, src_weight, num_tokens=n, protected=protected)
+    return jnp.max(scores, axis=-1), jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
 
 def _front_permutation(plan: MergePlan) -> np.ndarray | None:
@@ -276,37 +333,52 @@ def apply_plan(plan: MergePlan, x: Array, mode: Mode = "sum") -> Array:
       mode: ``"sum"``, ``"mean"`` (ToMe's include-self mean) or ``"amax"`` (source maps).
 
     Returns:
-      ``(B, N - r, ...)``.
+      ``(B, N - r, ...)``; ``x`` itself when ``plan.r == 0``.
     """
-    if x.ndim < 2 or x.shape[1] != plan.num_tokens:
+    _check_plan(plan)
+    if mode not in ("sum", "mean", "amax"):
+        raise ValueError(f"mode must be 'sum', 'mean' or 'amax'; got {mode!r}.")
+    if getattr(x, "ndim", 0) < 2 or x.shape[1] != plan.num_tokens:
         raise ValueError(
-            f"this plan was made for {plan.num_tokens} tokens on axis 1; got an array of shape {x.shape}."
+            f"this plan was made for {plan.num_tokens} tokens on axis 1; got an array of shape "
+            f"{getattr(x, 'shape', type(x).__name__)}. Apply a plan to arrays of the layer it was made for."
         )
+    if x.shape[0] != plan.src_idx.shape[0]:
+        raise ValueError(
+            f"this plan was made for a batch of {plan.src_idx.shape[0]}; got an array of shape {x.shape}."
+        )
+    if plan.r == 0:
+        return x
     dtype = x.dtype
     x = x.astype(acc_dtype(dtype))
     a, b = x[:, 0::2], x[:, 1::2]
     expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
     unm = jnp.take_along_axis(a, plan.unm_idx[expand], axis=1)
-    out_parts = [unm]
-    if plan.r:
-        src = jnp.take_along_axis(a, plan.src_idx[expand], axis=1)
-        if plan.src_weight is not None:
-            src = src * plan.src_weight[expand]
-        b = _scatter(b, plan.dst_idx, src, mode)
-    out_parts.append(b)
-    out = jnp.concatenate(out_parts, axis=1)
+    src = jnp.take_along_axis(a, plan.src_idx[expand], axis=1)
+    if plan.src_weight is not None:
+        src = src * plan.src_weight[expand]
+    b = _scatter(b, plan.dst_idx, src, mode)
+    out = jnp.concatenate([unm, b], axis=1)
     perm = _front_permutation(plan)
     if perm is not None:
         out = out[:, perm]
     return out.astype(dtype)
 
 
+def _check_plan(plan: object) -> None:
+    if not isinstance(plan, MergePlan):
+        raise TypeError(
+            f"expected a MergePlan from tldr_jax.bipartite_plan; got {type(plan).__name__}."
+        )
+
+
 def merge_wavg(plan: MergePlan, x: Array, size: Array | None = None) -> tuple[Array, Array]:
     """Size-weighted merge of tokens (ToMe's ``merge_wavg``; vid-TLDR's saliency-weighted variant).
 
     ``x' = sum(w * size * x) / sum(w * size)`` over each merged group, where ``w`` is the saliency of
-    merged sources (1 for destinations, unmerged tokens and ToMe). As in the official code the sizes
-    are rescaled by their per-sample maximum first (a numerical step that cancels exactly).
+    merged sources (1 for destinations, unmerged tokens and ToMe). For ``plan.method == "vid_tldr"``
+    the sizes are first rescaled by their per-sample maximum, as the official code does (a numerical
+    step that cancels exactly); ToMe's plan follows ToMe's arithmetic.
 
     Args:
       plan: from :func:`bipartite_plan`.
@@ -314,14 +386,30 @@ def merge_wavg(plan: MergePlan, x: Array, size: Array | None = None) -> tuple[Ar
       size: ``(B, N, 1)`` token sizes; ones when ``None``.
 
     Returns:
-      ``(x, size)`` of shapes ``(B, N - r, C)`` and ``(B, N - r, 1)`` (size in float32).
+      ``(x, size)`` of shapes ``(B, N - r, C)`` and ``(B, N - r, 1)`` (size in float32). With
+      ``plan.r == 0``, ``x`` unchanged and the sizes (ones when ``None``).
     """
-    dtype = x.dtype
-    acc = acc_dtype(dtype)
-    x = x.astype(acc)
+    _check_plan(plan)
+    _check_tokens("x", x)
+    acc = acc_dtype(x.dtype)
+    bsz, n = x.shape[:2]
     if size is None:
-        size = jnp.ones(x.shape[:2] + (1,), acc)
+        size = jnp.ones((bsz, n, 1), acc)
+    elif getattr(size, "shape", None) != (bsz, n, 1):
+        raise ValueError(
+            f"size must have shape (B, N, 1) = {(bsz, n, 1)} to match x; got "
+            f"{getattr(size, 'shape', type(size).__name__)}. A (B, N) array needs size[..., None]."
+        )
     size = size.astype(jnp.promote_types(size.dtype, acc))
+    if plan.r == 0:
+        apply_plan(plan, x)  # checks that the plan fits x
+        return x, size
+    dtype = x.dtype
+    x = x.astype(acc)
+    if plan.method == "tome":
+        x = apply_plan(plan, x * size, "sum")
+        size = apply_plan(plan, size, "sum")
+        return (x / size).astype(dtype), size
     size_max = jnp.max(size, axis=1, keepdims=True)
     x = apply_plan(plan, x * (size / size_max), "sum")
     size = apply_plan(plan, size, "sum")
@@ -329,20 +417,64 @@ def merge_wavg(plan: MergePlan, x: Array, size: Array | None = None) -> tuple[Ar
     return x.astype(dtype), size
 
 
-def merge_source(plan: MergePlan, source: Array | TokenOrigin) -> Array | TokenOrigin:
+def merge_source(plan: MergePlan, source: Array | TokenOrigin | None) -> Array | TokenOrigin:
     """Update a source map after a merge.
 
     Args:
       plan: from :func:`bipartite_plan`.
       source: the official dense ``(B, N, N0)`` map (updated with an ``amax`` merge, so merged rows
-        are saliency-scaled, exactly as the official code) or a :class:`TokenOrigin`.
+        are saliency-scaled, exactly as the official code), a :class:`TokenOrigin`, or ``None`` to
+        start from the dense identity (as ToMe's ``merge_source`` does).
 
     Returns:
       The same kind of map for the ``N - r`` output tokens.
     """
+    _check_plan(plan)
+    if source is None:
+        source = identity_source(plan.src_idx.shape[0], plan.num_tokens)
     if isinstance(source, TokenOrigin):
         return update_origin(plan, source)
+    if not hasattr(source, "ndim") or source.ndim != 3:
+        raise TypeError(
+            "source must be a dense (B, N, N0) map, a TokenOrigin or None; got "
+            f"{getattr(source, 'shape', type(source).__name__)}. Start one with "
+            "identity_source(B, N) or identity_origin(B, N)."
+        )
     return apply_plan(plan, source, "amax")
+
+
+def unmerge(where: MergePlan | TokenOrigin, x: Array) -> Array:
+    """Spread merged tokens back to the positions they came from (ToMe's ``unmerge``).
+
+    Args:
+      where: a :class:`MergePlan` (undo one step) or a :class:`TokenOrigin` (undo a whole schedule:
+        the ``source="origin"`` output of :func:`tldr_jax.apply`, or :func:`update_origin` chains).
+      x: ``(B, N', ...)`` values of the merged tokens (``N' = N - r`` for a plan).
+
+    Returns:
+      ``(B, N, ...)``: every input position gets the value of the output token that holds it
+      (protected tokens included, whatever their number). Saliency weights are not applied.
+    """
+    if isinstance(where, MergePlan):
+        if getattr(x, "ndim", 0) < 2 or x.shape[1] != where.num_out:
+            raise ValueError(
+                f"this plan merges {where.num_tokens} tokens into {where.num_out}; got values of shape "
+                f"{getattr(x, 'shape', type(x).__name__)} (expected (B, {where.num_out}, ...))."
+            )
+        if where.r == 0:
+            return x
+        owner, _ = destination_index(where)
+    elif isinstance(where, TokenOrigin):
+        owner = where.owner
+        if getattr(x, "ndim", 0) < 2 or x.shape[0] != owner.shape[0]:
+            raise ValueError(
+                f"x must be (B, N', ...) with B = {owner.shape[0]} to match the origin map; got "
+                f"{getattr(x, 'shape', type(x).__name__)}."
+            )
+    else:
+        raise TypeError(f"unmerge takes a MergePlan or a TokenOrigin; got {type(where).__name__}.")
+    expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
+    return jnp.take_along_axis(x, owner[expand], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,8 +500,12 @@ def destination_index(plan: MergePlan) -> tuple[Array, Array]:
       ``(dest, factor)``, both ``(B, N)``: ``dest[b, i]`` is the output index holding input token
       ``i``; ``factor[b, i]`` is its saliency weight if it was a merged source, else 1.
     """
+    _check_plan(plan)
     bsz = plan.src_idx.shape[0]
     n, r = plan.num_tokens, plan.r
+    if r == 0:
+        fac_dtype = jnp.float32 if plan.src_weight is None else plan.src_weight.dtype
+        return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (bsz, n)), jnp.ones((bsz, n), fac_dtype)
     n_a, n_b = (n + 1) // 2, n // 2
     n_unm = n_a - r
 
@@ -394,6 +530,8 @@ def destination_index(plan: MergePlan) -> tuple[Array, Array]:
 
 def update_origin(plan: MergePlan, origin: TokenOrigin) -> TokenOrigin:
     """Compose an O(N) source map with one merge step. Shapes stay ``(B, N0)``."""
+    if not isinstance(origin, TokenOrigin):
+        raise TypeError(f"origin must be a TokenOrigin (see identity_origin); got {type(origin).__name__}.")
     dest, factor = destination_index(plan)
     owner = jnp.take_along_axis(dest, origin.owner, axis=1)
     weight = origin.weight * jnp.take_along_axis(factor, origin.owner, axis=1)

@@ -41,10 +41,10 @@ from tldr_jax.merge import (
     merge_source,
     merge_wavg,
 )
+from tldr_jax.options import Method
 from tldr_jax.saliency import acc_dtype, saliency_from_sharpness, sharpness_from_mean
 
 Array = jax.Array
-Method = Literal["vid_tldr", "tome"]
 
 
 # --------------------------------------------------------------------------------------------------
