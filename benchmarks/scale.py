@@ -21,9 +21,9 @@ load average: other processes may share the CPU) recorded next to the numbers.
 
 Usage::
 
-    python benchmarks/scale.py                       # everything (about 10-20 min on 2 CPU cores)
-    python benchmarks/scale.py --run-frames          # compile-time memory only (no execution)
-    python benchmarks/scale.py --frames 8 16 --devices 1 2
+    python -m benchmarks.scale                       # everything (about 10-20 min on 2 CPU cores)
+    python -m benchmarks.scale --run-frames          # compile-time memory only (no execution)
+    python -m benchmarks.scale --frames 8 16 --devices 1 2
 """
 
 from __future__ import annotations
@@ -33,55 +33,21 @@ import contextlib
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.machine import ROOT, basic_info
+from benchmarks.timing import peak_rss_during, rss_bytes
+from benchmarks.worker import WorkerError, add_worker_args, run_worker, serve
+
 RESULTS = ROOT / "benchmarks" / "results"
 MERGE_R = (0.25, 0.12, 0.06)  # the vid-TLDR MSR-VTT preset (600, 200, 100 of 2352) as fractions
 NO_CHUNK = 10**18
 GiB = 2**30
-
-
-# --------------------------------------------------------------------------------------------------
-# Machine.
-# --------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, cores, memory, load average and library versions."""
-    import jax
-
-    mem = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gib": mem,
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,9 +78,9 @@ def umt_b16(frames: int):
 def forward_fn(cfg, r: Any):
     """A fresh jitted ``(tree, video) -> Output dict`` for ``cfg`` (same computation as ``apply``)."""
     from tldr_jax import api
-    from tldr_jax.schedule import resolve_schedule
+    from tldr_jax.schedule import schedule_for
 
-    sched = resolve_schedule(r, num_tokens=cfg.num_tokens, depth=cfg.depth, protected=cfg.protected)
+    sched = schedule_for(cfg, r)
     inner = getattr(api._forward, "__wrapped__", api._forward)
     fn = functools.partial(
         inner, cfg=cfg, sched=sched, method="vid_tldr", pool="mean", source=None, return_saliency=False,
@@ -158,35 +124,7 @@ def compiled_memory(frames: int, merge: bool, chunked: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_during(fn) -> tuple[Any, int, float]:
-    """Run ``fn()``; return its result, the peak RSS seen (5 ms sampling) and its wall time."""
-    peak = [rss_bytes()]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    tic = time.perf_counter()
-    try:
-        result = fn()
-    finally:
-        wall = time.perf_counter() - tic
-        stop.set()
-        thread.join()
-    return result, max(peak[0], rss_bytes()), wall
-
-
-def run_worker(frames: int, merge: bool, chunked: bool) -> dict[str, Any]:
+def memory_worker(frames: int, merge: bool, chunked: bool) -> dict[str, Any]:
     """Execute the forward once (compiled ahead of time) and measure the RSS rise and time."""
     import jax
 
@@ -248,25 +186,40 @@ def devices_worker(batch: int = 8, repeats: int = 5) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def subprocess_json(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict:
-    """Run this script as a worker and parse its last JSON line (``{"error": ...}`` on failure)."""
-    full_env = dict(os.environ, **(env or {}))
-    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+def _work(job: dict[str, Any]) -> dict[str, Any]:
+    """The body of a worker process: one executed-memory row or one device-count row."""
+    if job["kind"] == "run":
+        return memory_worker(job["frames"], job["merge"], job["chunked"])
+    return devices_worker()
+
+
+def _isolated(job: dict[str, Any], env: dict[str, str] | None = None, timeout: float = 1800) -> dict:
+    """:func:`_work` in a fresh process (:func:`benchmarks.worker.run_worker`); ``{"error": ...}`` when
+    it fails or times out."""
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, *args], env=full_env, capture_output=True, text=True, timeout=timeout
-        )
+        return run_worker("benchmarks.scale", job, env=env, timeout=timeout)
+    except WorkerError as err:
+        return {"error": str(err)}
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode or not lines:
-        return {"error": (proc.stderr or proc.stdout)[-500:]}
-    return json.loads(lines[-1])
 
 
 def attention_label(row: dict[str, Any]) -> str:
     """``chunked`` or ``standard``."""
     return "chunked" if row["chunked"] else "standard"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _rows(rows: list[dict[str, Any]], key: str, cells: Callable[[dict[str, Any]], list[Any]]) -> list[str]:
+    """Markdown table lines, one per row; a failed row (``{"error": ...}``) shows its ``key`` and error."""
+    return [
+        f"| {row.get(key)} | error: {row['error'][-80:]!r} |" if "error" in row
+        else "| " + " | ".join(str(c) for c in cells(row)) + " |"
+        for row in rows
+    ]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -289,15 +242,10 @@ def markdown(report: dict[str, Any]) -> str:
         "| frames | tokens | merge | attention | final tokens | temp GiB | compile total GiB |",
         "|---:|---:|:---:|:---|---:|---:|---:|",
     ]
-    for row in report["compile_memory"]:
-        if "error" in row:
-            lines.append(f"| {row.get('frames')} | | | | error: {row['error'][:60]} | | |")
-            continue
-        lines.append(
-            f"| {row['frames']} | {row['tokens']} | {'yes' if row['merge'] else 'no'} | "
-            f"{attention_label(row)} | {row['final_tokens']} | "
-            f"{row['temp_gib']:.2f} | {row['total_gib']:.2f} |"
-        )
+    lines += _rows(report["compile_memory"], "frames", lambda row: [
+        row["frames"], row["tokens"], _yes(row["merge"]), attention_label(row), row["final_tokens"],
+        f"{row['temp_gib']:.2f}", f"{row['total_gib']:.2f}",
+    ])
     lines += [
         "",
         "Notes: with merging, the vid-TLDR saliency needs each merging layer's head-averaged softmax, so "
@@ -317,15 +265,10 @@ def markdown(report: dict[str, Any]) -> str:
             "| frames | merge | attention | RSS rise GiB | seconds |",
             "|---:|:---:|:---|---:|---:|",
         ]
-        for row in report["run_memory"]:
-            if "error" in row:
-                lines.append(f"| {row.get('frames')} | | | error: {row['error'][-80:]!r} | |")
-                continue
-            lines.append(
-                f"| {row['frames']} | {'yes' if row['merge'] else 'no'} | "
-                f"{attention_label(row)} | {row['rss_rise_gib']:.2f} | "
-                f"{row['seconds']} |"
-            )
+        lines += _rows(report["run_memory"], "frames", lambda row: [
+            row["frames"], _yes(row["merge"]), attention_label(row), f"{row['rss_rise_gib']:.2f}",
+            row["seconds"],
+        ])
     if report.get("devices"):
         lines += [
             "",
@@ -337,14 +280,10 @@ def markdown(report: dict[str, Any]) -> str:
             "| devices | clips/s | best s/batch | median s/batch | first call s | load avg |",
             "|---:|---:|---:|---:|---:|:---|",
         ]
-        for row in report["devices"]:
-            if "error" in row:
-                lines.append(f"| {row.get('devices')} | error: {row['error'][-80:]!r} | | | | |")
-                continue
-            lines.append(
-                f"| {row['devices']} | {row['clips_per_s']} | {row['best_s']} | {row['median_s']} | "
-                f"{row['first_call_s']} | {row['loadavg']} |"
-            )
+        lines += _rows(report["devices"], "devices", lambda row: [
+            row["devices"], row["clips_per_s"], row["best_s"], row["median_s"], row["first_call_s"],
+            row["loadavg"],
+        ])
     return "\n".join(lines) + "\n"
 
 
@@ -356,23 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--markdown", action="store_true", help="only rewrite scale.md from scale.json")
-    parser.add_argument("--worker", choices=["run", "devices"], help=argparse.SUPPRESS)
-    parser.add_argument("--merge", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--chunked", type=int, default=1, help=argparse.SUPPRESS)
+    add_worker_args(parser)
     args = parser.parse_args(argv)
+    if serve(args, _work):
+        return 0
 
     if args.markdown:
         report = json.loads((args.out / "scale.json").read_text())
         (args.out / "scale.md").write_text(markdown(report))
         return 0
-    if args.worker == "run":
-        print(json.dumps(run_worker(args.frames[0], bool(args.merge), bool(args.chunked))))
-        return 0
-    if args.worker == "devices":
-        print(json.dumps(devices_worker()))
-        return 0
-
-    report: dict[str, Any] = {"machine": machine_info(), "merge_r": list(MERGE_R)}
+    report: dict[str, Any] = {"machine": basic_info(), "merge_r": list(MERGE_R)}
     report["compile_memory"] = []
     for frames in args.frames:
         for merge in (False, True):
@@ -386,17 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for merge in (False, True):
             modes = (True, False) if frames * 196 > 2048 else (False,)
             for chunked in modes:
-                row = subprocess_json(
-                    ["--worker", "run", "--frames", str(frames), "--merge", str(int(merge)),
-                     "--chunked", str(int(chunked))]
-                )
+                row = _isolated({"kind": "run", "frames": frames, "merge": merge, "chunked": chunked})
                 row.setdefault("frames", frames)
                 print(json.dumps(row), flush=True)
                 report["run_memory"].append(row)
     report["devices"] = []
     for n in args.devices:
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
-        row = subprocess_json(["--worker", "devices"], env={"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"})
+        row = _isolated({"kind": "devices"}, env={"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"})
         row.setdefault("devices", n)
         print(json.dumps(row), flush=True)
         report["devices"].append(row)

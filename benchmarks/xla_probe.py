@@ -12,9 +12,9 @@ then times the same matrix products in PyTorch (float32, TF32 off) as the refere
 programs compile quickly as its last line (``cublas`` if none finished; ``benchmarks/device_check.sh``
 benchmarks with it).
 
-Why: on the first GPU lease (an H200) the benchmarks ran with ``--xla_gpu_autotune_level=0`` (with
-autotuning on, compiling ten merging programs did not fit the lease) and tldr_jax was 3.3-4x slower than
-PyTorch already without merging. XLA's defaults route every supported dot to a Triton GEMM fusion
+Why: with ``--xla_gpu_autotune_level=0`` (which keeps the compile time of many merging programs
+short) tldr_jax ran far below PyTorch's GEMM speed on a GPU, already without merging (the README's GPU
+section has the numbers). XLA's defaults route every supported dot to a Triton GEMM fusion
 (``xla_gpu_triton_gemm_any``), and with autotuning off its GEMM-fusion autotuner
 (``xla/service/gpu/autotuning/gemm_fusion_autotuner.cc``) times no tile size and never tries cuBLAS: older
 versions use a fixed 32x32x32 tile (``kDefaultGemmTiling``), current ones the first configuration of a
@@ -32,17 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import (
-    RESULTS_DIR,
-    Group,
-    WorkerError,
-    _median_time,
-    configure_device,
-    full_models,
-    quick_models,
-    run_group,
-    run_worker,
-)
+from benchmarks.backends import run_group
+from benchmarks.machine import configure_device
+from benchmarks.plan import Group, full_models, quick_models
+from benchmarks.report import RESULTS_DIR
+from benchmarks.timing import median_time
+from benchmarks.worker import WorkerError, add_worker_args, run_worker, serve
 
 # name -> (XLA_FLAGS, matmul precision, schedules, eligible for the headline benchmark: float32 products and
 # programs that compile quickly enough for all its schedules)
@@ -88,7 +83,7 @@ def time_jax_gemms(quick: bool, repeats: int, precision: str) -> list[dict[str, 
         start = time.perf_counter()
         compiled = fn.lower(a, w).compile()
         compile_s = time.perf_counter() - start
-        med = _median_time(lambda c=compiled, x=a, y=w: c(x, y).block_until_ready(), repeats)
+        med = median_time(lambda c=compiled, x=a, y=w: c(x, y).block_until_ready(), repeats)
         rows.append({"name": name, "shape": list(shape), "ms": med * 1e3, "tflops": _tflops(shape, med),
                      "compile_s": compile_s})
     return rows
@@ -108,7 +103,7 @@ def time_torch_gemms(quick: bool, repeats: int, device: str) -> list[dict[str, A
         b, m, k, n = shape
         a = torch.randn(b, m, k, generator=gen).to(dev)
         w = torch.randn(b, k, n, generator=gen).to(dev)
-        med = _median_time(lambda x=a, y=w: (torch.bmm(x, y), sync()), repeats)
+        med = median_time(lambda x=a, y=w: (torch.bmm(x, y), sync()), repeats)
         rows.append({"name": name, "shape": list(shape), "ms": med * 1e3, "tflops": _tflops(shape, med)})
     return rows
 
@@ -197,16 +192,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     parser.add_argument("--timeout", type=float, default=150.0, help="seconds per flag set")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
+    add_worker_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Probe every flag set in a fresh process; write ``xla_probe.{json,md}``; print the best flags."""
     args = parse_args(argv)
-    if args.worker is not None:
-        args.worker_out.write_text(json.dumps(probe_worker(json.loads(args.worker))))
+    if serve(args, probe_worker):
         return {"worker": True}
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = sorted(set(names) - set(FLAG_SETS))

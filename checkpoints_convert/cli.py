@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="checkpoint file, Hugging Face model directory, or hf:ORG/NAME")
     p.add_argument("out", help="output checkpoint directory (must not exist unless --overwrite)")
-    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMATS], help="source layout")
+    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMATS, "umt_retrieval"],
+                   help="source layout (umt_retrieval: vision + text towers; needs --vocab)")
     p.add_argument("--arch", help="config name to record (presets are looked up under it)")
     p.add_argument(
         "--num-heads", type=_count(1), help="attention heads (default: width // 64; 16 for width 1280)"
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore", action="append", default=[], type=_regex, metavar="REGEX",
         help="drop matching keys explicitly",
     )
+    p.add_argument("--vocab", default=None, metavar="FILE",
+                   help="UMT retrieval checkpoint: the BERT vocab.txt; converts both towers into a retrieval "
+                        "directory (tldr_jax.retrieval)")
+    p.add_argument("--text-config", default=None, metavar="FILE",
+                   help="UMT retrieval checkpoint: the BERT config.json (heads, LayerNorm eps, activation)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             num_classes=args.num_classes,
             ckpt_num_frames=args.ckpt_num_frames,
             ignore=tuple(args.ignore),
+            vocab=args.vocab,
+            text_config=args.text_config,
             progress=False if args.no_progress else None,
             verbose=not args.quiet,
         )

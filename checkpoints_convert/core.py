@@ -393,25 +393,44 @@ def convert_detailed(
     src: str | Path, out: str | Path, *, fmt: str = "auto", overwrite: bool = False, **options: Any
 ) -> Conversion:
     """Like :func:`convert`, returning the :class:`Conversion`."""
+    if fmt == "umt_retrieval" or options.get("vocab") is not None or options.get("text_config") is not None:
+        from checkpoints_convert.retrieval import convert_retrieval  # vision + text towers
+
+        return convert_retrieval(src, out, overwrite=overwrite, **options)  # type: ignore[return-value]
+    options.pop("vocab", None)
+    options.pop("text_config", None)
+    out_path = output_path(out, overwrite)
+    source = readers.read_source(src)
+    conv = convert_state_dict_detailed(
+        source.state, fmt, hf_config=source.hf_config, origin=source.label, **options
+    )
+    metadata = _provenance(source, conv, options)
+    write_output(save, conv.params, out_path, metadata=metadata, overwrite=overwrite)
+    conv.out = out_path
+    return conv
+
+
+def output_path(out: str | Path, overwrite: bool) -> Path:
+    """The absolute output directory, checked before any work: it may exist only with ``overwrite``."""
     out_path = Path(out).expanduser().absolute()
     if out_path.exists() and not overwrite:
         raise ConversionError(
             f"{out_path} already exists; pass --overwrite (overwrite=True) to replace it, or choose "
             "another output path."
         )
-    source = readers.read_source(src)
-    conv = convert_state_dict_detailed(
-        source.state, fmt, hf_config=source.hf_config, origin=source.label, **options
-    )
-    metadata = _provenance(source, conv, options)
+    return out_path
+
+
+def write_output(
+    save_fn: Callable[..., Any], model: Any, out_path: Path, *, metadata: Mapping[str, Any], overwrite: bool
+) -> None:
+    """``save_fn(model, out_path, metadata=..., overwrite=...)`` (atomic), file errors as ConversionError."""
     try:
-        save(conv.params, out_path, metadata=metadata, overwrite=overwrite)
+        save_fn(model, out_path, metadata=metadata, overwrite=overwrite)
     except FileExistsError as e:
         raise ConversionError(str(e)) from e
     except OSError as e:
         raise ConversionError(f"cannot write {out_path}: {e}") from e
-    conv.out = out_path
-    return conv
 
 
 def convert(src: str | Path, out: str | Path, **options: Any) -> Params:
@@ -425,10 +444,13 @@ def convert(src: str | Path, out: str | Path, **options: Any) -> Params:
         (``config.json`` + weights) or ``"hf:ORG/NAME"``.
       out: the checkpoint directory to create.
       **options: ``fmt`` (default ``"auto"``), ``overwrite`` and everything
-        :func:`convert_state_dict` accepts.
+        :func:`convert_state_dict` accepts; ``vocab`` (a ``vocab.txt``) and optionally ``text_config``
+        (a BERT ``config.json``) convert an official UMT retrieval checkpoint with both towers
+        (:mod:`checkpoints_convert.retrieval`).
 
     Returns:
-      The converted :class:`~tldr_jax.api.Params` (also loadable with ``tldr_jax.checkpoint.load``).
+      The converted :class:`~tldr_jax.api.Params` (also loadable with ``tldr_jax.checkpoint.load``), or a
+      :class:`tldr_jax.retrieval.RetrievalModel` for a retrieval conversion.
 
     Raises:
       ConversionError: unreadable / truncated / non-checkpoint source, unknown architecture,

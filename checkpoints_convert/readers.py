@@ -112,7 +112,10 @@ def load_torch(path: Path) -> Any:
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise ConversionError(f"{path} is corrupt or not a PyTorch checkpoint: {e}") from e
-        raise ConversionError(_unsafe_message(path)) from e
+        loaded = _load_with_config_classes(path)
+        if loaded is None:
+            raise ConversionError(_unsafe_message(path)) from e
+        return loaded
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
         kind = "zip archive" if is_zip else "pickle stream"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -120,6 +123,52 @@ def load_torch(path: Path) -> Any:
             f"{path} is truncated or corrupt (cannot read the {kind}: {first}). "
             "Download or copy the file again and check its size / checksum."
         ) from e
+
+
+#: Training-config classes that official UMT / vid-TLDR fine-tuned checkpoints pickle beside the weights
+#: (``{"model": ..., "optimizer": ..., "config": EasyDict, ...}``, e.g. ``ret_msrvtt_b16_25m.pth``). They
+#: are plain ``dict`` subclasses: the reader builds each as a dict (nothing is imported or executed) and
+#: refuses every other class.
+CONFIG_CLASSES: tuple[str, ...] = ("utils.easydict.EasyDict", "easydict.EasyDict")
+
+
+def _load_with_config_classes(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with only :data:`CONFIG_CLASSES` allowed, each built as a dict.
+
+    Returns None when the file pickles anything else (or cannot be listed): the caller refuses it.
+    The weights-only unpickler creates the allowed name as a ``collections.OrderedDict`` (its items set
+    with ``SETITEMS``, the attribute copy ``EasyDict`` keeps in ``__dict__`` set on that OrderedDict);
+    the top-level ``config`` entry is then turned into plain dicts.
+    """
+    import collections
+    import pickle
+
+    import torch
+
+    try:
+        names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # legacy (non-zip) files cannot be listed: refuse them
+        return None
+    if not names or not names <= set(CONFIG_CLASSES):
+        return None
+    allowed = [(collections.OrderedDict, name) for name in CONFIG_CLASSES]
+    try:  # (global, "module.Name") allow-list entries need torch >= 2.6
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (AttributeError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), Mapping):
+        obj["config"] = _plain(obj["config"])
+    return obj
+
+
+def _plain(value: Any) -> Any:
+    """Mappings -> dicts and lists/tuples -> lists, recursively (a config read by the allow-list)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _unsafe_message(path: Path) -> str:

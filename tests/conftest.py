@@ -89,7 +89,9 @@ def umt_tiny_tree(state_dict: dict[str, np.ndarray], depth: int = 3) -> dict:
     return tree
 
 
-UMT_TINY = dict(embed_dim=64, depth=3, num_heads=2, mlp_dim=256, num_frames=4, img_size=48)
+#: The official tiny UMT's sizes. Named as the converter names a UMT of width 64 and depth 3, so that a
+#: converted copy has the same config and the golden tests share their compiled programs.
+UMT_TINY = dict(name="umt_w64_d3", embed_dim=64, depth=3, num_heads=2, mlp_dim=256, num_frames=4, img_size=48)
 
 
 @pytest.fixture(scope="session")
@@ -152,11 +154,15 @@ def golden_output(data: dict[str, np.ndarray], name: str, key: str) -> np.ndarra
 
 
 def as_float64(params):
-    """``params`` with every leaf cast to float64 (call under ``jax.enable_x64``)."""
+    """``params`` with every leaf cast to float64 (call under ``jax.enable_x64``); the copies are fresh,
+    uncommitted arrays whatever the originals were (loaded ones are committed to a device), so every
+    copy of the same weights shares compiled programs."""
     import jax
     import jax.numpy as jnp
 
-    return params.replace(tree=jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params.tree))
+    return params.replace(
+        tree=jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params.tree)
+    )
 
 
 def assert_float64_parity(out, truth: dict[str, np.ndarray], name: str) -> None:
@@ -201,3 +207,60 @@ def official_f32_yardstick(
             {n: {"tokens": truth[f"{n}/tokens_f32_here"]} for n in names}]
     dists = [rms_distance(run, truth) for run in runs]
     return {k: max(d[k] for d in dists if k in d) for k in OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def counter_video(tmp_path_factory):
+    """A 30-frame mp4 whose grey level encodes the frame index (8 * i); needs PyAV."""
+    pytest.importorskip("av")
+    from tldr_jax import video as V
+
+    frames = np.repeat((8 * np.arange(30, dtype=np.uint8))[:, None, None, None], 3, axis=-1)
+    frames = np.broadcast_to(frames, (30, 48, 64, 3)).copy()
+    return V.write_video(tmp_path_factory.mktemp("vid") / "counter.mp4", frames, fps=10)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning: one tiny classifier and one synthetic labelled task shared by the train and CLI tests.
+# --------------------------------------------------------------------------------------------------
+
+#: Every fine-tuning test shares one tiny architecture and one set of step settings, so the train and
+#: eval steps compile once (the linear-probe test compiles its own).
+FT_TINY = dict(depth=2, num_heads=2, embed_dim=32, mlp_dim=64, num_frames=4, img_size=32, patch_size=8)
+FT_CLASSES = 4
+FT_SETTINGS = dict(
+    batch_size=16,
+    lr=3e-3,
+    warmup_epochs=1.0,
+    weight_decay=0.05,
+    layer_decay=0.9,
+    label_smoothing=0.1,
+    train_r=8,
+    eval_r=8,
+    method="vid_tldr",
+    workers=2,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="session")
+def ft_params():
+    """A random tiny VideoMAE-layout classifier with a 4-way head (32 tokens; r=8: 32 -> 24 -> 16)."""
+    import tldr_jax
+
+    return tldr_jax.init(0, "videomae_s", num_classes=FT_CLASSES, **FT_TINY)
+
+
+@pytest.fixture(scope="session")
+def motion_folders(tmp_path_factory):
+    """Train/val class folders of .npy clips (up/down/left/right), with two unreadable train files."""
+    from tldr_jax.train import data
+
+    root = tmp_path_factory.mktemp("motion")
+    videos, labels, classes = data.moving_square(256, num_classes=FT_CLASSES, seed=0)
+    data.save_npy_folder(root / "train", videos, labels, classes)
+    videos, labels, classes = data.moving_square(64, num_classes=FT_CLASSES, seed=1)
+    data.save_npy_folder(root / "val", videos, labels, classes)
+    (root / "train" / "left" / "corrupt.npy").write_bytes(b"this is not a numpy file")
+    (root / "train" / "up" / "broken.mp4").write_bytes(b"\x00\x01 not a video")
+    return root

@@ -10,13 +10,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("benchmarks.run") is No
                                 reason="benchmarks/ not present")
 
 
-
 def _groups(plan):
     return [(g.model, g.backend, g.batch, g.labels) for g in plan]
 
 
 def test_plan_has_no_duplicate_configurations():
-    from benchmarks.run import BACKENDS, build_plan, full_models
+    from benchmarks.plan import BACKENDS, build_plan, full_models
 
     for batches in ([1], [1, 8]):
         seen = set()
@@ -28,7 +27,7 @@ def test_plan_has_no_duplicate_configurations():
 
 
 def test_gpu_plan_repeats_more_and_times_pytorch_at_the_large_batch():
-    from benchmarks.run import BACKENDS, build_plan, full_models
+    from benchmarks.plan import BACKENDS, build_plan, full_models
 
     cpu = build_plan(full_models(), False, [1, 8], None, BACKENDS)
     gpu = build_plan(full_models(), False, [1, 8], None, BACKENDS, device="gpu")
@@ -44,7 +43,7 @@ def test_gpu_plan_repeats_more_and_times_pytorch_at_the_large_batch():
 def test_gpu_device_missing_is_a_clear_error():
     import jax
 
-    from benchmarks.run import configure_device
+    from benchmarks.machine import configure_device
 
     configure_device("cpu", "tf32")  # nothing to check on CPU
     if jax.default_backend() == "gpu":
@@ -72,7 +71,7 @@ def _report(gpu):
 
 
 def test_markdown_names_the_gpu_and_precision():
-    from benchmarks.run import markdown
+    from benchmarks.report import markdown
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.1, "multiprocessors": 132, "cuda": "13.0",
            "jax_device_kind": "NVIDIA H100 80GB HBM3"}
@@ -141,3 +140,23 @@ def test_xla_probe_runs_end_to_end_on_cpu(tmp_path, capsys):
     assert report["best"] == "cublas"
     assert (tmp_path / "xla_probe.json").exists() and (tmp_path / "xla_probe.md").exists()
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"XLA_FLAGS={FLAG_SETS['cublas'][0]}"
+
+
+def test_variants_replace_the_merge_step_of_the_encoder():
+    import numpy as np
+
+    import tldr_jax
+    from benchmarks.backends import variant_forward
+    from benchmarks.plan import VARIANTS
+
+    tiny = dict(depth=3, embed_dim=32, num_heads=2, mlp_dim=64, num_frames=4, img_size=32)
+    params = tldr_jax.init(0, "umt_b16", **tiny)
+    sched = tldr_jax.schedule(params, (6, 4))
+    video = np.random.default_rng(0).standard_normal((1, 4, 32, 32, 3)).astype(np.float32)
+    for variant in VARIANTS:
+        tokens, pooled, sharp_sum = variant_forward(params.tree, video, cfg=params.config, sched=sched,
+                                                    variant=variant)
+        assert tokens.shape == (1, sched.tokens[-1], 32) and pooled.shape == (1, 32)
+        assert (float(sharp_sum) != 0) == (variant == "sharpness+slice"), variant
+    with pytest.raises(ValueError, match="variant"):
+        variant_forward(params.tree, video, cfg=params.config, sched=sched, variant="x")

@@ -12,6 +12,7 @@ import pytest
 import tldr_jax
 from tldr_jax import checkpoint as ckpt
 from tldr_jax.checkpoint import CheckpointError, CheckpointNotFoundError
+from tldr_jax.configs import get_config
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2, mlp_dim=64, img_size=32, num_frames=4)
 
@@ -187,7 +188,7 @@ def test_load_missing_params_dir(tmp_path, params):
 
 
 def test_expected_shapes_is_abstract():
-    shapes = ckpt.expected_shapes(tldr_jax.get_config("videomae_h"))  # 632M params: must not allocate
+    shapes = ckpt.expected_shapes(get_config("videomae_h"))  # 632M params: must not allocate
     assert shapes["blocks_31/mlp/fc1/kernel"] == (1280, 5120)
     assert shapes["patch_embed/proj/kernel"] == (2, 16, 16, 3, 1280)
 
@@ -197,3 +198,22 @@ def test_flatten_unflatten_round_trip(params):
     assert "blocks_1/attn/qkv/bias" in flat
     again = ckpt.unflatten_tree(flat)
     assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(params.tree)
+
+
+@pytest.mark.parametrize("name", ["umt", "videomae", "vivit"])
+def test_checkpoints_written_before_the_redesign_load(name):
+    """Checkpoints saved by the code before the module redesign (git b31c86a, ``tests/data/README.md``)
+    load into the same parameter tree and give the outputs that code computed."""
+    root = Path(__file__).parent / "data" / "checkpoints_b31c86a"
+    params = ckpt.load(root / name)
+    assert set(ckpt.flatten_tree(params.tree)) == set(ckpt.expected_shapes(params.config))
+    with np.load(root / "outputs.npz") as ref:
+        out = tldr_jax.apply(params, ref["video"], r=(3, 2))
+        for field in ("tokens", "pooled", "size", "logits", "embedding"):
+            key = f"{name}_{field}"
+            if key in ref.files:
+                np.testing.assert_allclose(np.asarray(getattr(out, field)), ref[key], rtol=1e-5, atol=1e-6)
+            else:
+                assert getattr(out, field) is None
+    if name != "umt":
+        assert params.labels == ("class_0", "class_1", "class_2")

@@ -12,6 +12,7 @@ import pytest
 import tldr_jax
 from tldr_jax import cli
 from tldr_jax.cli import GENERIC_R, TINY_OVERRIDES, main, parse_r
+from tldr_jax.configs import get_config
 from tldr_jax.video import default_clip
 
 
@@ -52,9 +53,9 @@ def test_parse_r_errors(text):
 
 
 def test_default_r():
-    assert cli.default_r(tldr_jax.get_config("umt_b16")) == "msrvtt"
-    assert cli.default_r(tldr_jax.get_config("videomae_b")) == GENERIC_R
-    assert cli.default_r(tldr_jax.get_config("umt_b16", **TINY_OVERRIDES)) == GENERIC_R
+    assert cli.default_r(get_config("umt_b16")) == "msrvtt"
+    assert cli.default_r(get_config("videomae_b")) == GENERIC_R
+    assert cli.default_r(get_config("umt_b16", **TINY_OVERRIDES)) == GENERIC_R
 
 
 def test_help(capsys):
@@ -230,10 +231,10 @@ def test_forward_main_exit_codes(monkeypatch, capsys, ret, want):
 
     mod.main = fake_main
     monkeypatch.setitem(sys.modules, "fake_tool", mod)
-    assert cli._forward_main(("no_such_module_xyz", "fake_tool"), ["--a", "b"], "fake") == want
+    assert cli.common.forward_main(("no_such_module_xyz", "fake_tool"), ["--a", "b"], "fake") == want
     assert seen == [["--a", "b"]]
 
 
 def test_forward_main_missing(capsys):
     with pytest.raises(cli.CliError, match="not available"):
-        cli._forward_main(("no_such_module_xyz",), [], "the thing")
+        cli.common.forward_main(("no_such_module_xyz",), [], "the thing")

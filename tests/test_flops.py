@@ -27,7 +27,7 @@ FIG1 = {
 }
 BASELINE_B = 303.3
 
-cap_warning = pytest.mark.filterwarnings("ignore::tldr_jax.merge.ScheduleCapWarning")
+cap_warning = pytest.mark.filterwarnings("ignore::tldr_jax.schedule.ScheduleCapWarning")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import tldr_jax
 from benchmarks.xla_flops import MatmulOp, xla_flops
 from tldr_jax.configs import ArchConfig
 
-cap_warning = pytest.mark.filterwarnings("ignore::tldr_jax.merge.ScheduleCapWarning")
+cap_warning = pytest.mark.filterwarnings("ignore::tldr_jax.schedule.ScheduleCapWarning")
 
 # Tiny configs whose widths are all different (D=48, 3D=144, F=96, heads of 24, head K=5, proj P=16),
 # so that every matmul can be told apart by its shape.

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import tldr_jax
-from tldr_jax import models
+from tldr_jax import merge
 from tldr_jax.api import build
 from tldr_jax.models import MergeSpec
 
@@ -110,16 +110,16 @@ def test_finite_difference_vid_tldr_float64_saliency_held(monkeypatch):
         assert ref.saliency is not None and len(ref.saliency) == 2
 
         specs = tuple(MergeSpec(n, "vid_tldr", cfg.protected, True) for n in r)
-        real_saliency = models.saliency_from_sharpness
+        real_saliency = merge.saliency_from_sharpness
 
         def held_saliency_forward(t, saliencies):
             """The same forward with each merging layer's saliency replaced by a recorded value."""
             recorded = iter(saliencies)
-            monkeypatch.setattr(models, "saliency_from_sharpness", lambda _sharp: next(recorded))
+            monkeypatch.setattr(merge, "saliency_from_sharpness", lambda _sharp: next(recorded))
             try:
-                out = build(tldr_jax.Params(t, cfg))(video, specs, source="origin")
+                out, _ = build(tldr_jax.Params(t, cfg))(video, specs, source="origin")
             finally:
-                monkeypatch.setattr(models, "saliency_from_sharpness", real_saliency)
+                monkeypatch.setattr(merge, "saliency_from_sharpness", real_saliency)
             return jnp.sum(out["logits"] * w), out["source"].owner
 
         held = _compile(held_saliency_forward, tree, ref.saliency)

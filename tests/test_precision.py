@@ -31,6 +31,8 @@ import pytest
 from conftest import F64_ATOL, as_float64, golden_output, golden_video
 
 import tldr_jax
+from tldr_jax.configs import get_config
+from tldr_jax.schedule import resolve_schedule
 
 # dtype -> (tokens max abs, tokens rel L2, pooled max abs, pooled rel L2, size max abs)
 TOLERANCES = {
@@ -101,7 +103,7 @@ def _attention_pair(monkeypatch, need, with_bias):
 
     from tldr_jax.models import Attention
 
-    cfg = tldr_jax.get_config("umt_b16", embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    cfg = get_config("umt_b16", embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
     attn = Attention(cfg, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 37, 32))
     sizes = jax.random.uniform(jax.random.key(2), (2, 37), minval=1, maxval=4)
@@ -109,8 +111,8 @@ def _attention_pair(monkeypatch, need, with_bias):
 
     def run():
         def f(y):
-            out, aux = attn(y, log_size, need)
-            return jnp.sum(out**2), (out, aux)
+            out, stats = attn(y, log_size, need)
+            return jnp.sum(out**2), (out, stats[need])
 
         (_, (out, aux)), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(x)
         return out, aux, grad
@@ -143,7 +145,7 @@ def test_chunked_attention_keeps_golden_parity(monkeypatch, umt_golden_params, g
     monkeypatch.setattr(Attention, "query_chunk", 8)
     monkeypatch.setattr(Attention, "chunk_min_elements", 0)
     cfg = umt_golden_params.config
-    sched = tldr_jax.resolve_schedule(
+    sched = resolve_schedule(
         _schedule(golden_f64, "ints"), num_tokens=cfg.num_tokens, depth=cfg.depth
     )
     forward = functools.partial(  # a fresh jit: apply's cache may hold an unchunked trace

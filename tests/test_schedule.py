@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tldr_jax
-from tldr_jax import ScheduleCapWarning, resolve_schedule
+from tldr_jax.schedule import ScheduleCapWarning, resolve_schedule
 
 
 def test_msrvtt_preset_token_counts():

@@ -30,7 +30,9 @@ from benchmarks.torch_reference import (
     state_dict_from_params,
     to_torch_video,
 )
+from tldr_jax.configs import get_config
 from tldr_jax.models import video_pos_table
+from tldr_jax.schedule import resolve_schedule
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 GOLDEN_SCHEDULES = ("ints", "const4", "fractions", "zero", "capped")
@@ -203,7 +205,7 @@ def test_float32_parity_umt(name):
 
 @pytest.mark.parametrize("ckpt_frames", [None, 8])
 def test_position_table_matches_tldr_jax(ckpt_frames):
-    cfg = tldr_jax.get_config("umt_b16", **dict(UMT, ckpt_num_frames=ckpt_frames))
+    cfg = get_config("umt_b16", **dict(UMT, ckpt_num_frames=ckpt_frames))
     np.testing.assert_allclose(sinusoid_position_table(cfg).numpy(), video_pos_table(cfg), atol=1e-6)
 
 
@@ -211,7 +213,7 @@ def test_position_table_matches_tldr_jax(ckpt_frames):
 def test_schedule_resolution_matches_tldr_jax(r):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tldr_jax.ScheduleCapWarning)
-        expected = tldr_jax.resolve_schedule(r, num_tokens=64, depth=3).r
+        expected = resolve_schedule(r, num_tokens=64, depth=3).r
     assert resolve_counts(r, 3, 64) == expected
 
 

@@ -1,93 +1,79 @@
-"""tldr_jax: training-free token merging (vid-TLDR, ToMe) for video transformers in JAX/Flax."""
+"""tldr_jax: training-free token merging (vid-TLDR, ToMe) for video transformers in JAX/Flax.
 
-from tldr_jax.api import Output, Params, apply, build, check_video, init, schedule
+The names here are those the README teaches; everything else stays importable from its module
+(``tldr_jax.merge``, ``tldr_jax.schedule``, ``tldr_jax.video``, ``tldr_jax.train``, ...).
+"""
+
+from tldr_jax import options
+from tldr_jax.api import Output, Params, apply, init, schedule
 from tldr_jax.batch import RunSummary, run_directory
-from tldr_jax.checkpoint import CheckpointError, load, read_info, save
-from tldr_jax.configs import ARCHS, ArchConfig, get_config
-from tldr_jax.data import ArrayDataset, FolderDataset
+from tldr_jax.checkpoint import CheckpointError, load, save
+from tldr_jax.configs import ARCHS
 from tldr_jax.flops import flops, flops_breakdown, gflops, solve_schedule
 from tldr_jax.merge import (
     MergePlan,
-    ScheduleCapWarning,
     TokenOrigin,
     apply_plan,
     bipartite_plan,
-    destination_index,
-    identity_origin,
-    identity_source,
     merge_source,
     merge_tokens,
     merge_wavg,
-    origin_to_dense,
-    resolve_r,
     unmerge,
-    update_origin,
 )
-from tldr_jax.parallel import make_mesh, replicate, shard_batch, sharded_apply
+from tldr_jax.parallel import make_mesh, sharded_apply
 from tldr_jax.saliency import saliency, saliency_from_sharpness, sharpness
-from tldr_jax.schedule import PRESETS, Schedule, preset_names, resolve_schedule
-from tldr_jax.train import FinetuneConfig, FinetuneResult, LabelMismatchError, evaluate, finetune
-from tldr_jax.video import VideoReadError, VideoReadWarning, default_clip, load_video, preprocess
+from tldr_jax.schedule import PRESETS, ScheduleCapWarning
+from tldr_jax.train import LabelMismatchError, finetune
+from tldr_jax.video import load_video, preprocess
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``tldr_jax.retrieval`` (UMT text-video retrieval) is imported on first use: it pulls in the
+    text tokenizer, which the vision path never needs."""
+    if name == "retrieval":
+        import importlib
+
+        return importlib.import_module("tldr_jax.retrieval")
+    raise AttributeError(f"module 'tldr_jax' has no attribute {name!r}")
+
+
 __all__ = [
-    "RunSummary",
-    "make_mesh",
-    "replicate",
-    "run_directory",
-    "shard_batch",
-    "sharded_apply",
-    "ArrayDataset",
-    "FinetuneConfig",
-    "FinetuneResult",
-    "FolderDataset",
-    "LabelMismatchError",
-    "evaluate",
-    "finetune",
     "ARCHS",
     "PRESETS",
-    "ArchConfig",
     "CheckpointError",
+    "LabelMismatchError",
     "MergePlan",
     "Output",
     "Params",
-    "Schedule",
+    "RunSummary",
     "ScheduleCapWarning",
     "TokenOrigin",
-    "VideoReadError",
-    "VideoReadWarning",
     "apply",
     "apply_plan",
     "bipartite_plan",
-    "build",
-    "check_video",
-    "default_clip",
-    "destination_index",
+    "finetune",
     "flops",
     "flops_breakdown",
-    "get_config",
     "gflops",
-    "identity_origin",
-    "identity_source",
     "init",
     "load",
     "load_video",
+    "make_mesh",
     "merge_source",
     "merge_tokens",
     "merge_wavg",
-    "origin_to_dense",
-    "preset_names",
+    "options",
     "preprocess",
-    "read_info",
-    "resolve_r",
-    "resolve_schedule",
+    "retrieval",
+    "run_directory",
     "save",
     "saliency",
     "saliency_from_sharpness",
     "schedule",
+    "sharded_apply",
     "sharpness",
     "solve_schedule",
     "unmerge",
-    "update_origin",
 ]

@@ -13,15 +13,15 @@ from flax import nnx, struct
 
 from tldr_jax.configs import ArchConfig, get_config
 from tldr_jax.merge import TokenOrigin
-from tldr_jax.models import MergeSpec, VideoEncoder
+from tldr_jax.models import MergeSpec, VideoEncoder, saliencies
 from tldr_jax.options import METHODS, POOLS, PRECISIONS, SOURCES, ApplyOptions, Method, Pool, SourceForm
 from tldr_jax.schedule import RSpec, Schedule, schedule_for
 
 Array = jax.Array
 # The option lists live in tldr_jax.options; these names stay importable from here.
 __all__ = [
-    "METHODS", "POOLS", "PRECISIONS", "SOURCES", "Output", "Params", "apply", "build", "check_video", "init",
-    "schedule",
+    "METHODS", "POOLS", "PRECISIONS", "SOURCES", "Output", "Params", "apply", "build", "config_for_video",
+    "init", "params_config", "schedule", "validate_video",
 ]
 
 
@@ -120,7 +120,8 @@ def _init_tree(cfg: ArchConfig, rng: Array) -> dict[str, Any]:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def _config_for(params: Params) -> ArchConfig:
+def params_config(params: Any) -> ArchConfig:
+    """``params.config``, with a clear ``TypeError`` when ``params`` is not a :class:`Params`."""
     if not isinstance(params, Params):
         raise TypeError(
             f"params must be a tldr_jax.Params (from tldr_jax.init, tldr_jax.load or the converter); "
@@ -129,13 +130,13 @@ def _config_for(params: Params) -> ArchConfig:
     return params.config
 
 
-def check_video(cfg: ArchConfig, video: Any) -> ArchConfig:
-    """Validate a ``(B, T, H, W, C)`` video against a config; return the config for its frame count.
+def validate_video(cfg: ArchConfig, video: Any) -> None:
+    """Check a ``(B, T, H, W, C)`` video against a config.
 
-    The one check of model inputs (``apply``, ``sharded_apply``, the command line): layout, a non-empty
-    batch and frame axis, float dtype, the model's channels and frame size, a frame count the model
-    can take, and (for concrete arrays, not under ``jit``) finite values. Raises ``ValueError`` /
-    ``TypeError`` naming the bad property and the fix.
+    The one check of model inputs (``apply``, ``sharded_apply``, ``run_directory``, the command line):
+    layout, a non-empty batch and frame axis, float dtype, the model's channels and frame size, a frame
+    count the model can take, and (for concrete arrays, not under ``jit``) finite values. Raises
+    ``ValueError`` / ``TypeError`` naming the bad property and the fix.
     """
     shape = getattr(video, "shape", None)
     if shape is None or len(shape) != 5:
@@ -174,15 +175,19 @@ def check_video(cfg: ArchConfig, video: Any) -> ArchConfig:
             f"video has {t} frames, not divisible by the tubelet size {cfg.tubelet_size}; "
             f"sample a multiple of {cfg.tubelet_size} frames."
         )
-    if t != cfg.num_frames:
-        if cfg.pos_embed == "learned":
-            raise ValueError(
-                f"video has {t} frames but this {cfg.name} model has learned position embeddings for "
-                f"{cfg.num_frames} frames; sample exactly {cfg.num_frames} frames."
-            )
-        cfg = cfg.replace(num_frames=t)
+    if t != cfg.num_frames and cfg.pos_embed == "learned":
+        raise ValueError(
+            f"video has {t} frames but this {cfg.name} model has learned position embeddings for "
+            f"{cfg.num_frames} frames; sample exactly {cfg.num_frames} frames."
+        )
     _check_finite(video)
-    return cfg
+
+
+def config_for_video(cfg: ArchConfig, video: Any) -> ArchConfig:
+    """The config for a ``(B, T, H, W, C)`` video's frame count ``T`` (a sinusoid table is recomputed for
+    other frame counts); check the video first with :func:`validate_video`."""
+    frames = int(video.shape[1])
+    return cfg if frames == cfg.num_frames else cfg.replace(num_frames=frames)
 
 
 def _check_finite(video: Any) -> None:
@@ -255,8 +260,8 @@ def _forward(
         specs = tuple(MergeSpec(r, method, sched.protected, prop_attn) for r in sched.r)
 
         def run(clips: Array) -> dict[str, Any]:
-            return model(clips, specs, pool=pool, source=source, collect_saliency=return_saliency,
-                         remat=remat)
+            out, intermediates = model(clips, specs, pool=pool, source=source, remat=remat)
+            return {**out, "saliency": saliencies(intermediates) if return_saliency else None}
 
         if not per_clip:
             return run(video)
@@ -314,7 +319,9 @@ def apply(
         method=method, pool=pool, source=source, return_saliency=return_saliency, prop_attn=prop_attn,
         dtype=dtype, remat=remat, precision=precision,
     )
-    cfg = check_video(_config_for(params), video)
+    cfg = params_config(params)
+    validate_video(cfg, video)
+    cfg = config_for_video(cfg, video)
     sched = schedule_for(cfg, r)
     per_clip = _per_clip_default(video)
     out = _forward(params.tree, video, cfg=cfg, sched=sched, per_clip=per_clip, **opts.kwargs())
@@ -324,8 +331,8 @@ def apply(
 def _per_clip_default(video: Array) -> bool:
     """Run clip by clip for batches on a single CPU device.
 
-    Batched attention and MLP activations of full-size video models do not fit the CPU caches
-    (VideoMAE-B, 8 clips on 2 CPU cores: 19.0 s batched, 11.6 s clip by clip); on
+    Batched attention and MLP activations of full-size video models do not fit the CPU caches, which
+    makes a batched forward slower per clip than clip-by-clip runs of the same program; on
     accelerators, or with the batch sharded over several devices, the batched program is kept.
     """
     return video.shape[0] > 1 and jax.default_backend() == "cpu" and jax.device_count() == 1

@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,12 +44,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from tldr_jax import video
-from tldr_jax.api import Output, Params, check_video
-from tldr_jax.configs import ArchConfig
-from tldr_jax.merge import ScheduleCapWarning
-from tldr_jax.options import ApplyOptions, check_choice, check_int
-from tldr_jax.schedule import schedule_for
+from tldr_jax.api import Output, Params, config_for_video, params_config, validate_video
+from tldr_jax.files import atomic_output, write_text_atomic
+from tldr_jax.options import ApplyOptions, check_int
+from tldr_jax.schedule import check_schedule
+from tldr_jax.video import CLIP_EXTENSIONS, Preprocessing, load_clip, preprocessing_for
 
 PathLike = str | os.PathLike
 MANIFEST = "manifest.jsonl"
@@ -60,95 +58,8 @@ FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading clips.
+# Inputs.
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipSpec:
-    """How a file becomes a ``(num_frames, img_size, img_size, 3)`` float32 clip.
-
-    ``mean``/``std`` are on the ``[0, 1]`` pixel scale; ``resize``, ``short_side`` and
-    ``interpolation`` are those of :func:`tldr_jax.video.preprocess`; ``pad`` repeats the last frame of
-    too-short videos.
-    """
-
-    num_frames: int
-    img_size: int
-    sampling: str = "middle"
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    resize: str = "squash"
-    short_side: int | None = None
-    interpolation: str = "cubic"
-    pad: bool = False
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """``(T, H, W, 3)`` of every clip."""
-        return (self.num_frames, self.img_size, self.img_size, 3)
-
-    def preprocess_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`tldr_jax.video.preprocess` besides the frames and size."""
-        return {
-            "mean": self.mean, "std": self.std, "short_side": self.short_side, "resize": self.resize,
-            "interpolation": self.interpolation,
-        }
-
-
-def clip_spec(
-    cfg: ArchConfig,
-    *,
-    num_frames: int | None = None,
-    sampling: str | None = None,
-    normalization: str | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    pad: bool = False,
-) -> ClipSpec:
-    """The evaluation preprocessing of ``cfg``'s family, with optional overrides (each checked: a
-    ``ValueError`` / ``TypeError`` names the bad value and the allowed ones)."""
-    if normalization is not None:
-        check_choice("normalization", normalization, tuple(video.NORMALIZATION))
-    prep = video.preprocessing_for(cfg.family, cfg.img_size, normalization=normalization)
-    frames = cfg.num_frames if num_frames is None else check_int("num_frames", num_frames, minimum=1)
-    if sampling is not None:
-        check_choice("sampling", sampling, video.SAMPLING_MODES)
-    mean, std = video.check_mean_std(prep.mean if mean is None else mean, prep.std if std is None else std)
-    return ClipSpec(
-        num_frames=frames,
-        img_size=cfg.img_size,
-        sampling=sampling or prep.sampling,
-        mean=mean,
-        std=std,
-        resize=prep.resize,
-        short_side=prep.short_side,
-        interpolation=prep.interpolation,
-        pad=_flag("pad", pad),
-    )
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False; got {value!r}.")
-    return bool(value)
-
-
-def read_clip(
-    path: PathLike, spec: ClipSpec, on_warning: Callable[[str], None] | None = None
-) -> np.ndarray:
-    """Read one input (video file or ``.npy``) as a ``spec.shape`` float32 clip.
-
-    ``on_warning`` receives the message about a truncated video (see :func:`tldr_jax.video.read_video`).
-
-    Raises:
-      Exception: whatever the decoder raises for an unusable file (``VideoReadError`` and others);
-        ``ValueError`` when the clip has the wrong shape or NaN / infinite values.
-    """
-    return video.load_clip(
-        path, spec.num_frames, img_size=spec.img_size, sampling=spec.sampling, pad=spec.pad,
-        on_warning=on_warning, **spec.preprocess_kwargs(),
-    )
 
 
 def list_inputs(in_dir: PathLike) -> list[Path]:
@@ -156,9 +67,9 @@ def list_inputs(in_dir: PathLike) -> list[Path]:
     root = Path(in_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input directory {root} does not exist or is not a directory.")
-    exts = video.CLIP_EXTENSIONS
     return sorted(
-        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+        p for p in root.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CLIP_EXTENSIONS
     )
 
 
@@ -174,18 +85,11 @@ def output_path(out_dir: PathLike, path: PathLike) -> Path:
 
 def save_npz_atomic(path: PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write an ``.npz`` so that ``path`` either does not exist or is complete (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def read_meta(path: PathLike) -> dict[str, Any] | None:
@@ -262,7 +166,9 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def run_settings(params: Params, spec: ClipSpec, r: Any, save_tokens: bool, options: dict[str, Any]) -> dict:
+def run_settings(
+    params: Params, spec: Preprocessing, r: Any, save_tokens: bool, options: dict[str, Any]
+) -> dict[str, Any]:
     """Everything a result depends on, as a JSON-friendly dict (stored in ``run.json``)."""
     return {
         "format": FORMAT_VERSION,
@@ -294,12 +200,6 @@ def _check_run_file(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
                 f"{out_dir} holds results made with other settings (differing: {', '.join(diff)}); "
                 "use a new output directory, or overwrite=True to recompute everything."
             )
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _reset_errors(out_dir: Path) -> None:
@@ -432,7 +332,7 @@ def run_directory(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
-    reader: Callable[[Path, ClipSpec], np.ndarray] | None = None,
+    reader: Callable[[Path, Preprocessing], np.ndarray] | None = None,
     on_file_done: Callable[[str, Path], None] | None = None,
     **apply_kwargs: Any,
 ) -> RunSummary:
@@ -453,7 +353,8 @@ def run_directory(
       workers: threads reading and decoding ahead of the model (0: read in the main thread).
       overwrite: recompute everything, even results of the same settings.
       progress: show a tqdm progress bar.
-      reader: replaces :func:`read_clip` (``reader(path, spec) -> (T, H, W, 3) float32``).
+      reader: replaces :func:`tldr_jax.video.load_clip` (``reader(path, preprocessing) -> (T, H, W, 3)
+        float32``).
       on_file_done: called as ``on_file_done(name, npz_path)`` after each result is on disk.
       **apply_kwargs: the keyword options of :func:`tldr_jax.apply` (``method``, ``pool``, ``dtype``,
         ``precision``, ...: :data:`tldr_jax.options.APPLY_OPTIONS`).
@@ -486,7 +387,7 @@ def run_directory(
     _check_run_file(out_dir, settings, overwrite)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out_dir / RUN_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(out_dir / RUN_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     summary = RunSummary(out_dir)
 
     todo: list[Path] = []
@@ -505,7 +406,7 @@ def run_directory(
     params = parallel.replicate(params, mesh)
 
     def read(path: Path, note: Callable[[str], None]) -> np.ndarray:
-        clip = read_clip(path, spec, on_warning=note) if reader is None else reader(path, spec)
+        clip = load_clip(path, spec, on_warning=note) if reader is None else reader(path, spec)
         return _checked_clip(clip, spec)
 
     bar = tqdm(total=len(inputs), initial=len(summary.skipped), unit="clip", disable=not progress)
@@ -549,7 +450,7 @@ def run_directory(
     return summary
 
 
-def _checked_clip(clip: Any, spec: ClipSpec) -> np.ndarray:
+def _checked_clip(clip: Any, spec: Preprocessing) -> np.ndarray:
     """A reader's clip as float32 of ``spec.shape`` with finite values (``ValueError`` otherwise)."""
     arr = np.asarray(clip)
     if arr.shape != spec.shape or not np.issubdtype(arr.dtype, np.floating):
@@ -578,37 +479,31 @@ def _validate_run(
     reader: Any,
     on_file_done: Any,
     apply_kwargs: dict[str, Any],
-) -> tuple[ApplyOptions, ClipSpec, list[Path], Any]:
-    """Check every argument of :func:`run_directory` (reads only); return the apply options, the clip
-    spec, the inputs and the mesh."""
+) -> tuple[ApplyOptions, Preprocessing, list[Path], Any]:
+    """Check every argument of :func:`run_directory` (reads only); return the apply options, the
+    preprocessing, the inputs and the mesh."""
     from tldr_jax import parallel
 
     opts = ApplyOptions.from_kwargs(apply_kwargs, where="run_directory")
-    if not isinstance(params, Params):
-        raise TypeError(
-            f"params must be a tldr_jax.Params (from tldr_jax.init, tldr_jax.load or the converter); "
-            f"got {type(params).__name__}."
-        )
+    params_config(params)
     check_int("batch_size", batch_size, minimum=1)
     check_int("workers", workers, minimum=0)
     for name, value in flags.items():
-        _flag(name, value)
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False; got {value!r}.")
     for name, fn in (("reader", reader), ("on_file_done", on_file_done)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable or None; got {fn!r}.")
-    spec = clip_spec(
+    spec = preprocessing_for(
         params.config, num_frames=num_frames, sampling=sampling, normalization=normalization, mean=mean,
         std=std, pad=pad,
     )
-    cfg = params.config
     dummy = jax.ShapeDtypeStruct((1, *spec.shape), np.float32)  # shape and frame count, no pixels
     try:
-        cfg = check_video(cfg, dummy)
+        validate_video(params.config, dummy)
     except ValueError as err:
         raise ValueError(f"num_frames={spec.num_frames}: {err}") from None
-    with warnings.catch_warnings():  # capping is reported when the model runs
-        warnings.simplefilter("ignore", ScheduleCapWarning)
-        schedule_for(cfg, r)
+    check_schedule(config_for_video(params.config, dummy), r)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {out} exists and is not a directory; give a directory path.")

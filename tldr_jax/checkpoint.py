@@ -35,19 +35,19 @@ import functools
 import json
 import logging
 import re
-import shutil
 import sys
-import uuid
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tldr_jax.api import Params, init
 from tldr_jax.configs import ArchConfig
+from tldr_jax.files import atomic_directory
 
 FORMAT = "tldr_jax.checkpoint"
 FORMAT_VERSION = 1
@@ -233,32 +233,18 @@ def _write_config(directory: Path, payload: Mapping[str, Any]) -> None:
     (directory / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
 
 
-def _write_tree(directory: Path, tree: Mapping[str, Any]) -> None:
-    """Write ``tree`` as an orbax checkpoint in ``directory / PARAMS_DIR``."""
+def write_tree(directory: Path, tree: Mapping[str, Any]) -> None:
+    """Write ``tree`` (nested dict of arrays) as an orbax checkpoint in ``directory``."""
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save((directory / PARAMS_DIR).absolute(), dict(tree))
+        ckptr.save(Path(directory).absolute(), dict(tree))
         ckptr.wait_until_finished()
 
 
-def _sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:12]}")
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is replaced only once ``tmp`` is in place."""
-    if not path.exists():
-        tmp.rename(path)
-        return
-    backup = _sibling(path, "old")
-    path.rename(backup)
-    try:
-        tmp.rename(path)
-    except BaseException:
-        backup.rename(path)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+def _write_tree(directory: Path, tree: Mapping[str, Any]) -> None:
+    """Write the weights into ``directory / PARAMS_DIR``."""
+    write_tree(directory / PARAMS_DIR, tree)
 
 
 def save(
@@ -285,23 +271,10 @@ def save(
       TypeError: ``metadata`` is not JSON-serialisable.
     """
     path = Path(path).expanduser().absolute()
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; refusing to overwrite it. Pass overwrite=True (CLI: --overwrite) "
-            "or choose another path."
-        )
-    _check_params(params)
-    payload = _config_payload(params, metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(path, "tmp")
-    tmp.mkdir()
-    try:
-        _write_config(tmp, payload)
+    with atomic_directory(path, overwrite=overwrite) as tmp:  # FileExistsError before anything else
+        _check_params(params)
+        _write_config(tmp, _config_payload(params, metadata))
         _write_tree(tmp, params.tree)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -372,11 +345,11 @@ def _config_from_info(path: Path, info: Mapping[str, Any]) -> ArchConfig:
         ) from e
 
 
-def _stored_shapes(params_dir: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Flat ``{path: (shape, dtype)}`` from the orbax metadata, without reading arrays.
+def stored_shapes(params_dir: Path, redo: str | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Flat ``{path: (shape, dtype)}`` of the orbax checkpoint in ``params_dir``, without reading arrays.
 
     Raises:
-      CheckpointError: the metadata is missing or unreadable (one line, with the fix).
+      CheckpointError: the metadata is missing or unreadable (one line, ending with ``redo``: the fix).
     """
     import orbax.checkpoint as ocp
 
@@ -392,8 +365,41 @@ def _stored_shapes(params_dir: Path) -> dict[str, tuple[tuple[int, ...], Any]]:
         problem = _first_line(e)
     raise CheckpointError(
         f"cannot read the orbax checkpoint in {params_dir} ({problem}): the checkpoint is incomplete or "
-        f"corrupt. {_REDO}"
+        f"corrupt. {redo or _REDO}"
     )
+
+
+def restore_tree(
+    params_dir: Path, stored: Mapping[str, tuple[tuple[int, ...], Any]], redo: str | None = None
+) -> dict[str, Any]:
+    """Read the arrays of the orbax checkpoint in ``params_dir`` (``stored``: from :func:`stored_shapes`).
+
+    Returns:
+      The nested tree, as uncommitted arrays on the default device (so a jitted function compiled for
+      freshly initialised weights is reused, not compiled again for a device-pinned copy).
+
+    Raises:
+      CheckpointError: a data file cannot be read (one line, ending with ``redo``: the fix).
+    """
+    import orbax.checkpoint as ocp
+
+    _drop_orbax_aftermath()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = unflatten_tree(
+        {p: jax.ShapeDtypeStruct(s, d, sharding=sharding) for p, (s, d) in stored.items()}
+    )
+    problem = None
+    try:
+        with _quiet_absl(), ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(Path(params_dir).absolute(), target)
+    except Exception as e:  # TensorStore reports a damaged data file with a multi-kB spec dump
+        problem = _first_line(e)
+    if problem is not None:
+        raise CheckpointError(
+            f"cannot read the weights in {params_dir} ({problem}): the checkpoint is corrupt or truncated. "
+            f"{redo or _REDO}"
+        )
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), dict(tree))
 
 
 _REDO = "Convert it again (python -m checkpoints_convert SRC OUT --overwrite) or re-save it (tldr_jax.save)."
@@ -511,6 +517,10 @@ def load(path: str | Path) -> Params:
     """
     path = Path(path).expanduser()
     info = read_info(path)
+    if info.get("kind") == "umt_retrieval":  # vision + text towers: a tldr_jax.retrieval.RetrievalModel
+        from tldr_jax.retrieval.checkpoint import load as load_retrieval
+
+        return load_retrieval(path)
     config = _config_from_info(path, info)
     labels = _labels_from_info(path, info)
     params_dir = path / PARAMS_DIR
@@ -520,7 +530,7 @@ def load(path: str | Path) -> Params:
             "Re-create it."
         )
     _drop_orbax_aftermath()
-    stored = _stored_shapes(params_dir)
+    stored = stored_shapes(params_dir)
     diff = compare_trees({p: s for p, (s, _) in stored.items()}, expected_shapes(config))
     if not diff.ok:
         raise CheckpointError(
@@ -528,22 +538,6 @@ def load(path: str | Path) -> Params:
             f"{path / CONFIG_FILE}:\n{diff.report()}"
         )
     _verify_header(path, info)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = unflatten_tree(
-        {p: jax.ShapeDtypeStruct(s, d, sharding=sharding) for p, (s, d) in stored.items()}
-    )
-    import orbax.checkpoint as ocp
-
-    problem = None
-    try:
-        with _quiet_absl(), ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(params_dir.absolute(), target)
-    except Exception as e:  # TensorStore reports a damaged data file with a multi-kB spec dump
-        problem = _first_line(e)
-    if problem is not None:
-        raise CheckpointError(
-            f"cannot read the weights in {params_dir} ({problem}): the checkpoint is corrupt or truncated. "
-            f"{_REDO}"
-        )
+    tree = restore_tree(params_dir, stored, redo=_REDO)
     _verify_checksums(path, info, tree)
     return Params(tree=dict(tree), config=config, labels=labels)

@@ -5,13 +5,42 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import numbers
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 Family = Literal["umt", "videomae", "vivit"]
 
 
+def unknown_fields(cls: Any, names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(unknown, known)``: the sorted ``names`` that are not fields of the dataclass ``cls``, and
+    its sorted field names (for messages that list the valid ones)."""
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    return sorted(set(names) - set(known)), known
+
+
+class DictConfig:
+    """``to_dict`` / ``from_dict``: the JSON round trip of a frozen config dataclass with ``validate()``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (what checkpoints store in ``config.json``)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`, validated; unknown keys raise a ``ValueError`` naming them."""
+        unknown, known = unknown_fields(cls, data)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__} has no field(s) {unknown} (known: {', '.join(known)}); is it from a newer "
+                "tldr_jax?"
+            )
+        cfg = cls(**dict(data))
+        cfg.validate()  # type: ignore[attr-defined]
+        return cfg
+
+
 @dataclasses.dataclass(frozen=True)
-class ArchConfig:
+class ArchConfig(DictConfig):
     """Everything needed to build an encoder; hashable, so it is static under ``jax.jit``.
 
     Attributes:
@@ -92,12 +121,9 @@ class ArchConfig:
 
     def replace(self, **overrides: Any) -> ArchConfig:
         """A copy with fields replaced; unknown fields raise with the list of valid ones."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - fields)
+        unknown, fields = unknown_fields(self, overrides)
         if unknown:
-            raise TypeError(
-                f"unknown config override(s) {unknown}; valid fields: {', '.join(sorted(fields))}."
-            )
+            raise TypeError(f"unknown config override(s) {unknown}; valid fields: {', '.join(fields)}.")
         cfg = dataclasses.replace(self, **overrides)
         cfg.validate()
         return cfg
@@ -133,20 +159,6 @@ class ArchConfig:
         if self.pool not in ("mean", "cls") or (self.pool == "cls" and not self.cls_token):
             raise ValueError(f"pool={self.pool!r} needs pool 'mean', or 'cls' with cls_token=True.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (the checkpoint's ``config.json``)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(f"config has unknown keys {unknown}; is it from a newer tldr_jax?")
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
 
 
 def _umt(name: str, dim: int, depth: int, heads: int) -> ArchConfig:

@@ -223,35 +223,16 @@ def flops_breakdown(
     }
 
 
-def flops(
-    arch_or_params: Any,
-    *,
-    r: RSpec = 0,
-    num_frames: int | None = None,
-    img_size: int | None = None,
-    batch: int = 1,
-    method: Method = "vid_tldr",
-) -> float:
-    """Encoder MACs (fvcore "FLOPs") for ``batch`` clips under schedule ``r``; arguments as
+def flops(arch_or_params: Any, **kwargs: Any) -> float:
+    """Encoder MACs (fvcore "FLOPs") for ``batch`` clips under schedule ``r``; the keyword arguments of
     :func:`flops_breakdown`. Example: ``flops("umt_b16", r="msrvtt") / 1e9 ~= 177.98``."""
-    return flops_breakdown(
-        arch_or_params, r=r, num_frames=num_frames, img_size=img_size, batch=batch, method=method
-    )["total"]
+    return flops_breakdown(arch_or_params, **kwargs)["total"]
 
 
-def gflops(
-    arch_or_params: Any,
-    *,
-    r: RSpec = 0,
-    num_frames: int | None = None,
-    img_size: int | None = None,
-    batch: int = 1,
-    method: Method = "vid_tldr",
-) -> float:
-    """:func:`flops` in GFLOPs (units of 1e9 MACs), the unit of the vid-TLDR paper's plots."""
-    return flops(
-        arch_or_params, r=r, num_frames=num_frames, img_size=img_size, batch=batch, method=method
-    ) / 1e9
+def gflops(arch_or_params: Any, **kwargs: Any) -> float:
+    """:func:`flops` in GFLOPs (units of 1e9 MACs), the unit of the vid-TLDR paper's plots; the same
+    keyword arguments (``r``, ``num_frames``, ``img_size``, ``batch``, ``method``)."""
+    return flops(arch_or_params, **kwargs) / 1e9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,7 +314,7 @@ def solve_schedule(
 ) -> tuple[int, ...]:
     """A front-loaded per-layer merge schedule whose encoder MACs meet a budget as closely as possible.
 
-    Two front-loaded families, each searched by binary search over one integer (< 1 ms for UMT-B):
+    Two front-loaded families, each searched by binary search over one integer (analytic counts only):
 
     * ``"geometric"`` (default): ``r_l = ceil(r0 * decay**l)`` in the first ``max_layers`` layers
       (default ``min(4, depth)``), each capped at ``(N_l - protected) // 2``; the smallest ``r0`` that

@@ -2,7 +2,9 @@
 
 Every function here is a pure function of arrays and static Python ints, so every shape is known at
 trace time. The matching is computed once as a :class:`MergePlan` (a small pytree of index arrays)
-and then applied to any number of arrays: tokens, sizes, the dense source map.
+and then applied to any number of arrays: tokens, sizes, the dense source map. :func:`merge_step`
+is that sequence for one layer (plan, then tokens and sizes, then the source map); the encoder blocks,
+:func:`merge_tokens` and the benchmarks all run it.
 
 Token layout (as in ToMe and the official vid-TLDR): tokens alternate between a source set ``A``
 (even indices) and a destination set ``B`` (odd indices). Each source picks its most similar
@@ -19,30 +21,31 @@ protected tokens moved first. The two methods differ only in details that the of
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tldr_jax.numerics import acc_dtype
 from tldr_jax.options import Method
-from tldr_jax.saliency import acc_dtype
-from tldr_jax.saliency import saliency as vid_tldr_saliency
+from tldr_jax.saliency import saliency_from_sharpness
+from tldr_jax.saliency import sharpness as attention_sharpness
+from tldr_jax.schedule import ScheduleCapWarning, resolve_r  # merge_tokens caps r with a warning
 
 Array = jax.Array
 Mode = Literal["sum", "mean", "amax"]
 
 __all__ = [
     "MergePlan",
-    "TokenOrigin",
     "ScheduleCapWarning",
+    "TokenOrigin",
     "bipartite_plan",
     "apply_plan",
     "merge_wavg",
     "merge_source",
+    "merge_step",
     "merge_tokens",
     "unmerge",
     "destination_index",
@@ -50,12 +53,7 @@ __all__ = [
     "identity_origin",
     "update_origin",
     "origin_to_dense",
-    "resolve_r",
 ]
-
-
-class ScheduleCapWarning(UserWarning):
-    """Raised (as a warning) when a requested merge count exceeds what a layer can merge."""
 
 
 @struct.dataclass
@@ -139,46 +137,6 @@ def _check_static_int(name: str, value: object, minimum: int = 0) -> int:
     return int(value)
 
 
-def resolve_r(r: int | float, num_tokens: int, protected: int = 0, *, layer: int | None = None) -> int:
-    """Effective merge count of one layer, exactly as the official vid-TLDR code computes it.
-
-    Args:
-      r: a count (int, or an integral float) or a fraction ``0 < r < 1`` of the current tokens.
-      num_tokens: current token count ``N`` (protected tokens included).
-      protected: leading tokens that are never merged.
-      layer: only used in messages.
-
-    Returns:
-      ``int(N * r)`` for fractions, else ``r``, capped at ``(N - protected) // 2``. A
-      :class:`ScheduleCapWarning` is emitted (at trace time) when the cap bites.
-    """
-    where = f" at layer {layer}" if layer is not None else ""
-    if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)):
-        raise TypeError(f"r{where} must be an int or a float fraction < 1; got {r!r}.")
-    if not math.isfinite(float(r)) or r < 0:
-        raise ValueError(f"r{where} must be >= 0 (0 means no merging); got {r!r}.")
-    if r < 1:
-        count = int(num_tokens * float(r))
-    else:
-        if not isinstance(r, (int, np.integer)) and not float(r).is_integer():
-            raise ValueError(
-                f"r{where} = {r!r} is neither a whole count nor a fraction < 1. "
-                "Use an int (tokens to merge) or a float in [0, 1) (fraction of the current tokens)."
-            )
-        count = int(r)
-    cap = max((num_tokens - protected) // 2, 0)
-    if count > cap:
-        warnings.warn(
-            f"r{where}: asked to merge {count} of {num_tokens} tokens"
-            f"{f' ({protected} protected)' if protected else ''}; capped at {cap} "
-            "(a bipartite merge removes at most half of the tokens), as the official code does.",
-            ScheduleCapWarning,
-            stacklevel=3,
-        )
-        count = cap
-    return count
-
-
 # --------------------------------------------------------------------------------------------------
 # Planning and applying a merge.
 # --------------------------------------------------------------------------------------------------
@@ -225,7 +183,7 @@ def bipartite_plan(
     if r > cap:
         raise ValueError(
             f"r = {r} is more than a bipartite merge of {n} tokens ({protected} protected) can remove "
-            f"(at most {cap}). Resolve r with tldr_jax.resolve_r, which caps it."
+            f"(at most {cap}). Resolve r with tldr_jax.schedule.resolve_r, which caps it."
         )
     if saliency is not None and saliency.shape != (bsz, n):
         raise ValueError(
@@ -546,8 +504,48 @@ def origin_to_dense(origin: TokenOrigin, num_tokens: int) -> Array:
 
 
 # --------------------------------------------------------------------------------------------------
-# The one public step.
+# The merge step: plan once, apply to tokens, sizes and source.
 # --------------------------------------------------------------------------------------------------
+
+
+def merge_step(
+    x: Array,
+    r: int,
+    *,
+    metric: Array | None = None,
+    sharpness: Array | None = None,
+    size: Array | None = None,
+    source: Array | TokenOrigin | None = None,
+    protected: int = 0,
+    method: Method | None = None,
+) -> tuple[Array, Array, Array | TokenOrigin | None, dict[str, Any]]:
+    """One merge step, the one the encoder blocks, :func:`merge_tokens` and the benchmarks run.
+
+    The matching is planned once (:func:`bipartite_plan`) and applied to the tokens and sizes
+    (:func:`merge_wavg`) and to the source map (:func:`merge_source`). With ``sharpness`` this is
+    vid-TLDR's merge: the saliency is computed here from it (no gradient) and scales the merged sources.
+
+    Args:
+      x: ``(B, N, C)`` tokens.
+      r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
+      metric: ``(B, N, C')`` matching features; defaults to ``x`` (vid-TLDR's metric).
+      sharpness: ``(B, N)`` vid-TLDR attention sharpness of this layer (pre size bias), or None.
+      size: ``(B, N, 1)`` token sizes; ones when None.
+      source: None (stays None), a dense ``(B, N, N0)`` map or a :class:`TokenOrigin`.
+      protected: static number of leading tokens never merged.
+      method: as :func:`bipartite_plan` (default: ``"vid_tldr"`` with a sharpness, ``"tome"`` without).
+
+    Returns:
+      ``(x (B, N - r, C), size (B, N - r, 1), source, aux)``; ``aux`` holds the ``plan`` and the
+      ``(B, N)`` ``saliency`` (None without a sharpness).
+    """
+    sal = None if sharpness is None else saliency_from_sharpness(jax.lax.stop_gradient(sharpness))
+    metric = x if metric is None else metric
+    plan = bipartite_plan(metric, r, protected=protected, saliency=sal, method=method)
+    x, size = merge_wavg(plan, x, size)
+    if source is not None:
+        source = merge_source(plan, source)
+    return x, size, source, {"plan": plan, "saliency": sal}
 
 
 def merge_tokens(
@@ -563,7 +561,7 @@ def merge_tokens(
     """One token-merging step, for users patching their own Flax models.
 
     With ``attn`` this is vid-TLDR's saliency-aware merge (the official operation); without it,
-    ToMe's plain size-weighted merge.
+    ToMe's plain size-weighted merge. Checks its inputs, resolves ``r``, then runs :func:`merge_step`.
 
     Args:
       x: ``(B, N, C)`` float tokens.
@@ -583,9 +581,7 @@ def merge_tokens(
     protected = _check_static_int("protected", protected)
     if protected > n:
         raise ValueError(f"protected = {protected} is more than the {n} tokens of x.")
-    if metric is None:
-        metric = x
-    else:
+    if metric is not None:
         _check_tokens("metric", metric)
         if metric.shape[:2] != (bsz, n):
             raise ValueError(
@@ -593,7 +589,6 @@ def merge_tokens(
             )
     if size is not None and size.shape != (bsz, n, 1):
         raise ValueError(f"size must have shape (B, N, 1) = {(bsz, n, 1)}; got {size.shape}.")
-    sal = None
     if attn is not None:
         if attn.ndim != 4 or attn.shape[0] != bsz or attn.shape[2:] != (n, n):
             raise ValueError(
@@ -607,10 +602,7 @@ def merge_tokens(
         if size is None:
             size = jnp.ones((bsz, n, 1), jnp.float32)
         return x, size, source
-    if attn is not None:
-        sal = vid_tldr_saliency(attn)
-    plan = bipartite_plan(metric, count, protected=protected, saliency=sal)
-    x, size = merge_wavg(plan, x, size)
-    if source is not None:
-        source = merge_source(plan, source)
+    sharp = None if attn is None else attention_sharpness(attn)
+    x, size, source, _ = merge_step(x, count, metric=metric, sharpness=sharp, size=size, source=source,
+                                    protected=protected)
     return x, size, source

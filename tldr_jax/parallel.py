@@ -22,7 +22,6 @@ common size).
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tldr_jax.api import Output, Params, apply, check_video
-from tldr_jax.merge import ScheduleCapWarning
+from tldr_jax.api import Output, Params, apply, config_for_video, params_config, validate_video
 from tldr_jax.options import APPLY_OPTIONS, ApplyOptions
-from tldr_jax.schedule import schedule_for
+from tldr_jax.schedule import check_schedule
 
 Array = jax.Array
 DATA_AXIS = "data"
@@ -209,16 +207,11 @@ def sharded_apply(
     opts = ApplyOptions.from_kwargs(apply_kwargs, where="sharded_apply")
     if getattr(video, "ndim", None) != 5:
         raise ValueError(f"video must be (B, T, H, W, 3); got shape {getattr(video, 'shape', None)}.")
-    if not isinstance(params, Params):
-        raise TypeError(
-            f"params must be a tldr_jax.Params (from tldr_jax.init, tldr_jax.load or the converter); "
-            f"got {type(params).__name__}."
-        )
+    cfg = params_config(params)
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (tldr_jax.make_mesh()); got {type(mesh).__name__}")
-    with warnings.catch_warnings():  # validate r now; apply warns about capping when it traces
-        warnings.simplefilter("ignore", ScheduleCapWarning)
-        schedule_for(check_video(params.config, video), _hashable(r))
+    validate_video(cfg, video)
+    check_schedule(config_for_video(cfg, video), _hashable(r))
     mesh = make_mesh() if mesh is None else mesh
     n = int(video.shape[0])
     video = pad_batch(video, _agreed_local_size(n, mesh))

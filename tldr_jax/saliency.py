@@ -18,19 +18,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from tldr_jax.numerics import acc_dtype, safe_div, xlogx
+
 Array = jax.Array
 
-
-def acc_dtype(dtype) -> jnp.dtype:
-    """Accumulation dtype of merge and saliency arithmetic: float32, or float64 for float64 input."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def xlogx(p: Array) -> Array:
-    """``p * log(p)`` with ``0 * log(0) = 0``; finite value and gradient at 0. Shape-preserving."""
-    positive = p > 0
-    safe = jnp.where(positive, p, 1.0)
-    return jnp.where(positive, p * jnp.log(safe), 0.0)
+__all__ = ["saliency", "saliency_from_sharpness", "sharpness", "sharpness_from_mean"]
 
 
 def sharpness(attn: Array) -> Array:
@@ -50,11 +42,6 @@ def sharpness_from_mean(mean_attn: Array) -> Array:
     return jnp.sum(xlogx(mean_attn.astype(acc_dtype(mean_attn.dtype))), axis=-1)
 
 
-def _safe_div(num: Array, den: Array, fill: float) -> Array:
-    ok = den > 0
-    return jnp.where(ok, num / jnp.where(ok, den, 1.0), fill)
-
-
 def saliency_from_sharpness(scores: Array) -> Array:
     """Background removal and foreground sharpening of per-token scores.
 
@@ -67,11 +54,11 @@ def saliency_from_sharpness(scores: Array) -> Array:
     """
     s = scores.astype(acc_dtype(scores.dtype))
     s = s - jnp.min(s, axis=-1, keepdims=True)
-    s = _safe_div(s, jnp.max(s, axis=-1, keepdims=True), 0.0)
+    s = safe_div(s, jnp.max(s, axis=-1, keepdims=True), 0.0)
     mean = jnp.mean(s, axis=-1, keepdims=True)
     background = s < mean
     s = s - mean
-    s = _safe_div(s, jnp.max(s, axis=-1, keepdims=True), 1.0)
+    s = safe_div(s, jnp.max(s, axis=-1, keepdims=True), 1.0)
     return jnp.where(background, 0.0, s)
 
 

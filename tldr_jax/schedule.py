@@ -10,7 +10,7 @@
   UMT-B/16 and UMT-L/16 (see :data:`PRESETS`).
 
 Each layer's count is capped at ``(N - protected) // 2`` as the official code does, with a
-:class:`~tldr_jax.merge.ScheduleCapWarning` so that nothing is silent.
+:class:`ScheduleCapWarning` so that nothing is silent.
 """
 
 from __future__ import annotations
@@ -19,15 +19,34 @@ import dataclasses
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from tldr_jax.merge import resolve_r
-
 RSpec = int | float | str | Sequence[int | float] | None
+
+__all__ = [
+    "PRESETS",
+    "RSpec",
+    "Schedule",
+    "ScheduleCapWarning",
+    "check_r_entry",
+    "check_schedule",
+    "lookup_preset",
+    "parse_r",
+    "per_layer",
+    "preset_names",
+    "resolve_r",
+    "resolve_schedule",
+    "schedule_for",
+]
+
+
+class ScheduleCapWarning(UserWarning):
+    """Raised (as a warning) when a requested merge count exceeds what a layer can merge."""
 
 # Per-dataset schedules released with vid-TLDR (README of mlvlab/vid-TLDR), tokens removed per layer.
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
@@ -142,6 +161,35 @@ def check_r_entry(entry: Any, layer: int | None = None) -> int | float:
     return int(value)
 
 
+def resolve_r(r: int | float, num_tokens: int, protected: int = 0, *, layer: int | None = None) -> int:
+    """Effective merge count of one layer, exactly as the official vid-TLDR code computes it.
+
+    Args:
+      r: a count (int, or an integral float) or a fraction ``0 < r < 1`` of the current tokens.
+      num_tokens: current token count ``N`` (protected tokens included).
+      protected: leading tokens that are never merged.
+      layer: only used in messages.
+
+    Returns:
+      ``int(N * r)`` for fractions, else ``r``, capped at ``(N - protected) // 2``. A
+      :class:`ScheduleCapWarning` is emitted (at trace time) when the cap bites.
+    """
+    entry = check_r_entry(r, layer)
+    count = int(num_tokens * entry) if isinstance(entry, float) else entry
+    cap = max((num_tokens - protected) // 2, 0)
+    if count > cap:
+        where = f" at layer {layer}" if layer is not None else ""
+        warnings.warn(
+            f"r{where}: asked to merge {count} of {num_tokens} tokens"
+            f"{f' ({protected} protected)' if protected else ''}; capped at {cap} "
+            "(a bipartite merge removes at most half of the tokens), as the official code does.",
+            ScheduleCapWarning,
+            stacklevel=3,
+        )
+        count = cap
+    return count
+
+
 def per_layer(r: RSpec, depth: int, arch: str | None = None) -> tuple[int | float, ...]:
     """Expand an ``r`` spec to one checked entry per layer (counts or fractions, not yet capped)."""
     if r is None:
@@ -210,6 +258,14 @@ def schedule_for(cfg: Any, r: RSpec) -> Schedule:
     return resolve_schedule(
         r, num_tokens=cfg.num_tokens, depth=cfg.depth, protected=cfg.protected, arch=cfg.preset_arch
     )
+
+
+def check_schedule(cfg: Any, r: RSpec) -> Schedule:
+    """:func:`schedule_for` without the capping warning: checks ``r`` up front, before any work (the
+    cap is reported once, when the model runs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScheduleCapWarning)
+        return schedule_for(cfg, r)
 
 
 def _number(text: str) -> int | float:

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from tldr_jax.files import atomic_output
 from tldr_jax.options import check_int
-from tldr_jax.video import IMAGENET_MEAN, IMAGENET_STD, atomic_output, check_fps, denormalize, write_video
+from tldr_jax.video import IMAGENET_MEAN, IMAGENET_STD, check_fps, denormalize, write_video
 
 ROW_TITLES: tuple[str, ...] = ("frame", "saliency", "merge groups")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")

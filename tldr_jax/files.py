@@ -1,0 +1,82 @@
+"""Writing files atomically: a path holds either the complete new file or what it held before."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+PathLike = str | os.PathLike
+
+__all__ = ["atomic_directory", "atomic_output", "write_text_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` (same suffix) to write to: renamed to ``path`` when the block
+    succeeds, removed when it fails, so ``path`` is either complete or untouched."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{p.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`; returns the path."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:12]}")
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is replaced only once ``tmp`` is in place."""
+    if not path.exists():
+        tmp.rename(path)
+        return
+    backup = _sibling(path, "old")
+    path.rename(backup)
+    try:
+        tmp.rename(path)
+    except BaseException:
+        backup.rename(path)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """A new, empty temporary sibling directory of ``path`` to fill.
+
+    When the block succeeds it is moved to ``path`` (an existing ``path`` is replaced only once the new
+    one is in place); when it fails it is removed and ``path`` is untouched.
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False (before anything is written).
+    """
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not overwrite:
+        raise FileExistsError(
+            f"{p} already exists; refusing to overwrite it. Pass overwrite=True (CLI: --overwrite) "
+            "or choose another path."
+        )
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(p, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _swap_into_place(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
