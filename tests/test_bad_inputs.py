@@ -802,6 +802,13 @@ CLI_CASES = [
 ]
 
 
+def test_missing_relative_folder_gets_no_hub_hint(capsys):
+    """``./missing`` is a local path that does not exist, not a hub id: no ``hf:`` suggestion."""
+    code, _, err = run_cli(capsys, "run", "--model", "./no_such_folder_here")
+    assert_cli_error(code, err, "no such file or directory")
+    assert "hf:./" not in err
+
+
 @pytest.mark.parametrize("argv, needles", CLI_CASES, ids=[" ".join(a) or "(none)" for a, _ in CLI_CASES])
 def test_cli_bad_input(capsys, tmp_path, files, saved, argv, needles):
     argv = [a.format(tmp=tmp_path, files=files, saved=saved) for a in argv]

@@ -171,7 +171,7 @@ def resolve_model(
     if _is_checkpoint_dir(path):
         cfg, _ = checkpoint.read_config(path)
         return ModelSource(cfg, str(path), False, lambda: checkpoint.load(path))
-    hub_like = re.fullmatch(r"[\w.-]+/[\w.-]+", model[3:] if model.startswith("hf:") else model)
+    hub_like = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model[3:] if model.startswith("hf:") else model)
     if model.startswith("hf:"):
         if not hub_like:
             raise CliError(f"--model {model!r}: a Hugging Face model is given as hf:ORG/NAME.")
