@@ -111,6 +111,7 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
 
     import tldr_jax
     from benchmarks.xla_flops import xla_flops
+    from tldr_jax.compile_cache import cache_events
 
     sched = ctx.spec.schedule(label)
     cfg = ctx.cfg
@@ -125,10 +126,11 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
 
     tree = jax.device_put(ctx.params.tree)
     video = jax.device_put(ctx.video)
+    hits = cache_events()["hits"]
     start = time.perf_counter()
     compiled = jax.jit(run).lower(tree, video).compile()
     compile_s = time.perf_counter() - start
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"compile_cache_hit": cache_events()["hits"] > hits}
     mem = compiled.memory_analysis()
     if mem is not None:
         info["xla_argument_mb"] = mem.argument_size_in_bytes / 2**20

@@ -116,7 +116,8 @@ def _gpu_info() -> dict[str, Any]:
 
 
 def configure_device(device: str, precision: str, use_torch: bool = True) -> None:
-    """Check that the device exists and set PyTorch's float32 matrix-product precision.
+    """Turn on the persistent compilation cache, check that the device exists and set PyTorch's float32
+    matrix-product precision.
 
     ``use_torch=False`` (JAX worker processes) leaves PyTorch unimported, so that its CUDA libraries
     are not loaded beside XLA's. JAX's precision is ``tldr_jax.apply(precision=...)``.
@@ -126,6 +127,9 @@ def configure_device(device: str, precision: str, use_torch: bool = True) -> Non
     """
     import jax
 
+    import tldr_jax
+
+    tldr_jax.enable_compile_cache()  # TLDR_JAX_COMPILE_CACHE=0: cold compiles (compile_s then compiles)
     if device != "gpu":
         return
     cuda_torch = True

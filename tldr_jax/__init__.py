@@ -8,6 +8,7 @@ from tldr_jax import options
 from tldr_jax.api import Output, Params, apply, init, schedule
 from tldr_jax.batch import RunSummary, run_directory
 from tldr_jax.checkpoint import CheckpointError, load, save
+from tldr_jax.compile_cache import enable_compile_cache
 from tldr_jax.configs import ARCHS
 from tldr_jax.flops import flops, flops_breakdown, gflops, solve_schedule
 from tldr_jax.merge import (
@@ -53,6 +54,7 @@ __all__ = [
     "apply",
     "apply_plan",
     "bipartite_plan",
+    "enable_compile_cache",
     "finetune",
     "flops",
     "flops_breakdown",

@@ -14,6 +14,7 @@ from flax import nnx, struct
 from tldr_jax.configs import ArchConfig, get_config
 from tldr_jax.merge import TokenOrigin
 from tldr_jax.models import MergeSpec, VideoEncoder, saliencies
+from tldr_jax.numerics import is_low_precision
 from tldr_jax.options import METHODS, POOLS, PRECISIONS, SOURCES, ApplyOptions, Method, Pool, SourceForm
 from tldr_jax.schedule import RSpec, Schedule, schedule_for
 
@@ -254,7 +255,7 @@ def _forward(
     # The precision is resolved when each dot is traced, so the context covers the whole body.
     with jax.default_matmul_precision(precision) if precision is not None else contextlib.nullcontext():
         if dtype is not None:
-            tree = jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
+            tree = _cast_tree(tree, dtype)
             video = video.astype(dtype)
         model = nnx.merge(_graphdef(cfg), tree)
         specs = tuple(MergeSpec(r, method, sched.protected, prop_attn) for r in sched.r)
@@ -267,6 +268,18 @@ def _forward(
             return run(video)
         # One clip at a time (same program for every clip): on CPU a batched forward is memory-bound.
         return jax.lax.map(lambda clip: jax.tree_util.tree_map(lambda a: a[0], run(clip[None])), video)
+
+
+def _cast_tree(tree: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """Parameters for compute ``dtype``: low precision casts only the matmul / conv kernels (biases,
+    norms and position tables stay float32, as under PyTorch autocast); other dtypes cast every leaf."""
+    if not is_low_precision(dtype):
+        return jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
+
+    def cast(path: tuple[Any, ...], leaf: Array) -> Array:
+        return leaf.astype(dtype) if getattr(path[-1], "key", None) == "kernel" else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, tree)
 
 
 def apply(
@@ -301,8 +314,11 @@ def apply(
       return_saliency: also return each merging layer's saliency.
       prop_attn: proportional attention (``log(size)`` bias); on in the official code.
       dtype: compute dtype, one of :data:`~tldr_jax.options.COMPUTE_DTYPES` (e.g. ``jnp.bfloat16``);
-        parameters are stored in float32 and cast inside the compiled function. Softmax, saliency and
-        merge arithmetic stay in float32. Integer and bool dtypes are refused.
+        parameters are stored in float32 and cast inside the compiled function. In bfloat16 / float16
+        every matrix product (patch embedding, qkv, ``QK^T``, ``PV``, proj, MLP, heads) takes
+        low-precision operands and accumulates in float32; the residual stream, LayerNorms, softmax,
+        saliency, merge arithmetic and sizes stay float32 (as under PyTorch autocast), and the outputs
+        are returned in ``dtype``. Integer and bool dtypes are refused.
       remat: rematerialise each block in the backward pass (saves memory when fine-tuning).
       precision: float32 matrix products: ``"float32"`` (default; the official code's arithmetic, which
         the golden parity needs), ``"tensorfloat32"`` (faster on NVIDIA GPUs, ~1e-3 relative error)

@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -141,8 +142,27 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
+#: ``id(params) -> (weak reference, fingerprint)``: a Params pytree is immutable, so repeated calls with
+#: the same object (a Ray actor calling run_directory once per batch) hash its weights once.
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
 def params_fingerprint(params: Params) -> str:
     """A hash of the weights' names, shapes and bytes (identifies the model a result came from)."""
+    cached = _FINGERPRINTS.get(id(params))
+    if cached is not None and cached[0]() is params:
+        return cached[1]
+    digest = _params_fingerprint(params)
+    for key in [k for k, (ref, _) in _FINGERPRINTS.items() if ref() is None]:
+        del _FINGERPRINTS[key]
+    try:
+        _FINGERPRINTS[id(params)] = (weakref.ref(params), digest)
+    except TypeError:  # not weak-referenceable: not cached
+        pass
+    return digest
+
+
+def _params_fingerprint(params: Params) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(params.config.to_dict(), sort_keys=True).encode())
     for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params.tree), key=lambda kv: str(kv[0])):
@@ -334,6 +354,9 @@ def run_directory(
     progress: bool = True,
     reader: Callable[[Path, Preprocessing], np.ndarray] | None = None,
     on_file_done: Callable[[str, Path], None] | None = None,
+    inputs: Sequence[PathLike] | None = None,
+    output_name: Callable[[Path], str] | None = None,
+    compile_cache: bool = True,
     **apply_kwargs: Any,
 ) -> RunSummary:
     """Encode every video / ``.npy`` clip in ``in_dir``, writing one ``.npz`` per input to ``out_dir``.
@@ -356,6 +379,14 @@ def run_directory(
       reader: replaces :func:`tldr_jax.video.load_clip` (``reader(path, preprocessing) -> (T, H, W, 3)
         float32``).
       on_file_done: called as ``on_file_done(name, npz_path)`` after each result is on disk.
+      inputs: the input files to encode, in place of listing ``in_dir`` (then ``in_dir`` is only
+        recorded; files may lie in sub-directories).
+      output_name: names each result file, ``output_name(path) -> "KEY.npz"`` (default: the input's
+        name + ``.npz``); e.g. a content hash, so that a changed file is recomputed and equal files
+        share one result (:mod:`tldr_jax.retrieval.index` does this).
+      compile_cache: turn on JAX's persistent compilation cache (:func:`tldr_jax.enable_compile_cache`;
+        ``TLDR_JAX_COMPILE_CACHE=0`` keeps it off) before compiling, so a rerun or resumed run loads
+        the compiled program instead of compiling it again. It stays on for the rest of the process.
       **apply_kwargs: the keyword options of :func:`tldr_jax.apply` (``method``, ``pool``, ``dtype``,
         ``precision``, ...: :data:`tldr_jax.options.APPLY_OPTIONS`).
 
@@ -378,10 +409,15 @@ def run_directory(
     opts, spec, inputs, mesh = _validate_run(
         params, in_dir, out_dir, r=r, num_frames=num_frames, batch_size=batch_size, sampling=sampling,
         normalization=normalization, mean=mean, std=std, pad=pad, mesh=mesh, workers=workers,
-        flags={"save_tokens": save_tokens, "overwrite": overwrite, "progress": progress},
-        reader=reader, on_file_done=on_file_done, apply_kwargs=apply_kwargs,
+        flags={"save_tokens": save_tokens, "overwrite": overwrite, "progress": progress,
+               "compile_cache": compile_cache},
+        reader=reader, on_file_done=on_file_done, apply_kwargs=apply_kwargs, files=inputs,
     )
     out_dir = Path(out_dir)
+
+    def dest_of(path: Path) -> Path:
+        return output_path(out_dir, path) if output_name is None else out_dir / output_name(path)
+
     settings = run_settings(params, spec, r, save_tokens, opts.non_default())
     key = run_key(settings)
     _check_run_file(out_dir, settings, overwrite)
@@ -393,7 +429,7 @@ def run_directory(
     todo: list[Path] = []
     logged = {rec.get("name") for rec in read_jsonl(out_dir / MANIFEST) if rec.get("run_key") == key}
     for path in inputs:
-        dest = output_path(out_dir, path)
+        dest = dest_of(path)
         if not overwrite and is_complete(dest, key):
             summary.skipped.append(path.name)
             if path.name not in logged:  # finished, but interrupted before its manifest line
@@ -416,6 +452,10 @@ def run_directory(
         append_jsonl(out_dir / ERRORS, {"name": path.name, "error": message, "time": time.time()})
         bar.update(1)
 
+    if compile_cache and todo:
+        from tldr_jax.compile_cache import enable_compile_cache
+
+        enable_compile_cache()
     try:
         items = _prefetch(todo, read, workers, depth=2 * padded)
         for paths, clips, notes in _batches(items, batch_size, on_error):
@@ -438,7 +478,7 @@ def run_directory(
                     meta["warnings"] = notes[i]
                     summary.warnings[path.name] = notes[i]
                 arrays["meta"] = np.asarray(json.dumps(meta))
-                dest = save_npz_atomic(output_path(out_dir, path), arrays)
+                dest = save_npz_atomic(dest_of(path), arrays)
                 append_jsonl(out_dir / MANIFEST, {**meta, "output": dest.name})
                 summary.processed.append(path.name)
                 bar.update(1)
@@ -479,6 +519,7 @@ def _validate_run(
     reader: Any,
     on_file_done: Any,
     apply_kwargs: dict[str, Any],
+    files: Any = None,
 ) -> tuple[ApplyOptions, Preprocessing, list[Path], Any]:
     """Check every argument of :func:`run_directory` (reads only); return the apply options, the
     preprocessing, the inputs and the mesh."""
@@ -507,7 +548,13 @@ def _validate_run(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {out} exists and is not a directory; give a directory path.")
-    inputs = list_inputs(in_dir)
+    if files is None:
+        inputs = list_inputs(in_dir)
+    else:
+        inputs = [Path(f) for f in files]
+        missing = [str(f) for f in inputs if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} input file(s) do not exist, e.g. {missing[0]}.")
     if mesh is None:
         mesh = parallel.make_mesh(jax.local_devices())
     elif not isinstance(mesh, jax.sharding.Mesh):

@@ -11,12 +11,30 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["acc_dtype", "safe_div", "xlogx"]
+__all__ = ["LOW_PRECISION", "acc_dtype", "dot_kwargs", "is_low_precision", "safe_div", "xlogx"]
+
+#: Compute dtypes whose products run with float32 accumulation (``preferred_element_type``).
+LOW_PRECISION: tuple[str, ...] = ("bfloat16", "float16")
 
 
 def acc_dtype(dtype) -> jnp.dtype:
     """Accumulation dtype of merge and saliency arithmetic: float32, or float64 for float64 input."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def is_low_precision(dtype) -> bool:
+    """True for bfloat16 / float16: products accumulate in float32 and the residual stream stays float32."""
+    return jnp.dtype(dtype).name in LOW_PRECISION
+
+
+def dot_kwargs(dtype) -> dict:
+    """Extra ``dot_general`` / ``einsum`` arguments for operands of ``dtype``.
+
+    ``{"preferred_element_type": float32}`` for low precision (the product runs on the bfloat16 / float16
+    units and accumulates in float32, and XLA CPU then reaches about 2.5x its bfloat16-result speed);
+    ``{}`` otherwise, so float32 / float64 programs stay exactly as they were.
+    """
+    return {"preferred_element_type": jnp.float32} if is_low_precision(dtype) else {}
 
 
 def xlogx(p: Array) -> Array:

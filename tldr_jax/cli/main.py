@@ -8,6 +8,8 @@ Examples::
     tldr-jax convert SRC OUT ...                   # = python -m checkpoints_convert SRC OUT ...
     tldr-jax bench ...                             # = python -m benchmarks.run ...
     tldr-jax retrieve --model ckpt/umt_b16_ret --videos videos/ --captions captions.jsonl   # UMT retrieval
+    tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --keep-tokens   # video search
+    tldr-jax search videos.index "a dog catches a frisbee" --rerank 50
 
 Every argument is checked before any heavy work (``--r`` against the model's config, before the
 weights are loaded and the video decoded). Errors in the inputs (missing or unreadable videos and
@@ -33,6 +35,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tldr_jax.cli import bench, convert, finetune, retrieve, run, vis
+from tldr_jax.cli import index as index_cmd
+from tldr_jax.cli import search as search_cmd
 from tldr_jax.cli.common import PROG, CliError
 
 __all__ = ["FORWARDED", "USER_ERRORS", "build_parser", "main", "one_line"]
@@ -54,9 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="vid-TLDR / ToMe token merging for video transformers (JAX).",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--no-compile-cache", action="store_true",
+        help="do not use JAX's persistent compilation cache (on by default, in ~/.cache/tldr_jax/xla or "
+        "$TLDR_JAX_COMPILE_CACHE; TLDR_JAX_COMPILE_CACHE=0 also turns it off)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in (run, vis, convert, bench, finetune, retrieve):
+    for command in (run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd):
         command.add_parser(sub)
     return parser
 
@@ -106,6 +115,20 @@ def _warnings_as_lines() -> Iterator[None]:
         yield
 
 
+def _compile_cache(off: bool) -> None:
+    """Turn on JAX's persistent compilation cache, or with ``--no-compile-cache`` keep it off for this
+    process and the ones it starts (the benchmarks' workers read ``TLDR_JAX_COMPILE_CACHE``)."""
+    from tldr_jax.compile_cache import ENV, enable_compile_cache
+
+    if off:
+        os.environ[ENV] = "0"
+        return
+    try:
+        enable_compile_cache()
+    except OSError as err:  # a read-only home must not stop the command: it only compiles again
+        print(f"{PROG}: warning: {one_line(str(err))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tldr-jax`` console script; returns the exit status.
 
@@ -114,13 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``TLDR_JAX_DEBUG=1`` shows the traceback); 130 interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    head = [a for a in argv[:2] if a != "--debug"][:1]
+    head = [a for a in argv[:3] if a not in ("--debug", "--no-compile-cache")][:1]
     if head and head[0] in FORWARDED:
         # convert / bench: everything after the subcommand (--help included) goes to the other tool.
         cut = argv.index(head[0])
         func = convert.cmd_convert if head[0] == "convert" else bench.cmd_bench
         args = argparse.Namespace(
-            command=head[0], rest=argv[cut + 1 :], debug="--debug" in argv[:cut], func=func
+            command=head[0], rest=argv[cut + 1 :], debug="--debug" in argv[:cut], func=func,
+            no_compile_cache="--no-compile-cache" in argv[:cut],
         )
     else:
         try:
@@ -129,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(exc.code or 0)
     debug = args.debug or os.environ.get("TLDR_JAX_DEBUG") == "1"
     try:
+        _compile_cache(args.no_compile_cache)
         with _warnings_as_lines():
             return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -28,9 +28,9 @@ from flax import nnx
 from tldr_jax.configs import ArchConfig
 from tldr_jax.merge import identity_origin, identity_source, merge_step
 from tldr_jax.models.block import Block, MergeFn, MergeSpec, TokenState
-from tldr_jax.models.layers import PatchEmbed
+from tldr_jax.models.layers import PatchEmbed, linear
 from tldr_jax.models.position import video_pos_table
-from tldr_jax.numerics import acc_dtype
+from tldr_jax.numerics import acc_dtype, is_low_precision
 
 Array = jax.Array
 
@@ -135,10 +135,14 @@ class VideoEncoder(nnx.Module):
             "tokens": tokens,
             "pooled": pooled,
             "size": size,
-            "logits": self.head(pooled) if self.cfg.num_classes else None,
-            "embedding": self.vision_proj(pooled) if self.cfg.vision_proj_dim else None,
+            "logits": linear(self.head, pooled) if self.cfg.num_classes else None,
+            "embedding": linear(self.vision_proj, pooled) if self.cfg.vision_proj_dim else None,
             "source": state.source,
         }
+        low = self.patch_embed.proj.kernel[...].dtype
+        if is_low_precision(low):  # float32 residual stream inside; outputs in the compute dtype
+            out.update({k: out[k].astype(low) for k in ("tokens", "pooled", "logits", "embedding")
+                        if out[k] is not None})
         return out, intermediates
 
 

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tldr_jax.configs import ArchConfig
-from tldr_jax.numerics import acc_dtype
+from tldr_jax.numerics import acc_dtype, dot_kwargs, is_low_precision
 from tldr_jax.saliency import sharpness_from_mean
 
 Array = jax.Array
 Need = Literal[None, "sharpness", "keys"]
 
-__all__ = ["Attention", "Mlp", "PatchEmbed"]
+__all__ = ["Attention", "Mlp", "PatchEmbed", "attend_blocked", "fused_attention", "linear"]
 
 
 class PatchEmbed(nnx.Module):
@@ -30,8 +30,39 @@ class PatchEmbed(nnx.Module):
         )
 
     def __call__(self, video: Array) -> Array:
-        """``(B, T, H, W, C)`` -> ``(B, T' * H' * W', D)`` in (t, h, w) order."""
-        return einops.rearrange(self.proj(video), "b t h w d -> b (t h w) d")
+        """``(B, T, H, W, C)`` -> ``(B, T' * H' * W', D)`` in (t, h, w) order.
+
+        With a bfloat16 / float16 kernel the convolution runs in that dtype with float32 accumulation
+        and returns float32 (the residual stream's dtype in low precision).
+        """
+        kernel = self.proj.kernel[...]
+        if not is_low_precision(kernel.dtype):
+            return einops.rearrange(self.proj(video), "b t h w d -> b (t h w) d")
+        y = jax.lax.conv_general_dilated(
+            video.astype(kernel.dtype), kernel, window_strides=self.proj.strides, padding="VALID",
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), preferred_element_type=jnp.float32,
+        )
+        if self.proj.bias is not None:
+            y = y + self.proj.bias[...].astype(jnp.float32)
+        return einops.rearrange(y, "b t h w d -> b (t h w) d")
+
+
+def linear(layer: nnx.Linear, x: Array) -> Array:
+    """``layer(x)``: ``(..., Din)`` -> ``(..., Dout)``.
+
+    With a bfloat16 / float16 kernel (``apply(dtype=...)`` casts only the kernels), ``x`` is cast to the
+    kernel's dtype, the product accumulates in float32 and the float32 bias is added: the result is
+    float32, and the caller stores it in the low precision where that is accurate enough. Any other
+    kernel runs ``layer`` itself, unchanged.
+    """
+    kernel = layer.kernel[...]
+    if not is_low_precision(kernel.dtype):
+        return layer(x)
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    y = jax.lax.dot_general(x.astype(kernel.dtype), kernel, dims, preferred_element_type=jnp.float32)
+    if layer.bias is not None:
+        y = y + layer.bias[...].astype(jnp.float32)
+    return y
 
 
 class Attention(nnx.Module):
@@ -40,10 +71,24 @@ class Attention(nnx.Module):
     Class attributes (set them on the class to tune memory): ``query_chunk`` query rows per chunk and
     ``chunk_min_elements``, the size of the ``(B, H, N, N)`` probability tensor above which attention
     runs in chunks (default ``2**28`` elements = 1 GiB in float32: UMT-B/16 at 32 frames chunks).
+    In bfloat16 / float16 on CPU the threshold is ``cpu_low_precision_chunk_min_elements`` (``2**24``:
+    UMT-B layers above ~1180 tokens): there the chunks act as cache blocking (each chunk's logits,
+    softmax and ``PV`` stay in cache), measured 12 % faster on UMT-B MSRVTT in bfloat16 with
+    identical outputs; in float32 the gain was within noise, so float32 programs stay unchunked.
+    ``key_block`` (default None: off) switches to :func:`attend_blocked` with that many keys per block
+    when ``N`` exceeds it: no ``(B, H, N, N)`` tensor, the same result up to float rounding; measured
+    slower than the standard path on CPU (see the README), so it is opt-in. ``fused`` decides where
+    layers that need no statistic (after the last merge, ``r = 0``) call
+    :func:`jax.nn.dot_product_attention` (``implementation=None``: XLA may pick cuDNN's fused kernel):
+    None (default) on GPUs in bfloat16 / float16 only (cuDNN's fused attention takes no float32; on
+    CPU it measured up to 2x slower than the standard path), True always, False never.
     """
 
     query_chunk: int = 512
     chunk_min_elements: int = 2**28
+    cpu_low_precision_chunk_min_elements: int = 2**24
+    key_block: int | None = None
+    fused: bool | None = None
 
     def __init__(self, cfg: ArchConfig, *, rngs: nnx.Rngs):
         d = cfg.embed_dim
@@ -54,6 +99,10 @@ class Attention(nnx.Module):
             self.q_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
             self.v_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
         self.proj = nnx.Linear(d, d, rngs=rngs)
+
+    def _chunk_min(self, dtype) -> int:
+        """The query-chunking threshold in elements of ``(B, H, N, N)`` for compute ``dtype``."""
+        return _chunk_min_for(dtype, self.chunk_min_elements, self.cpu_low_precision_chunk_min_elements)
 
     def __call__(
         self, x: Array, log_size: Array | None = None, need: Need = None
@@ -75,26 +124,36 @@ class Attention(nnx.Module):
         sums over all its keys in the same order, so the chunked result equals the unchunked one up to
         float rounding (XLA fuses the two differently: ~1e-7 relative).
         """
-        qkv = self.qkv(x)
+        qkv = linear(self.qkv, x)  # float32 in low precision
         if hasattr(self, "q_bias"):
             zeros = jnp.zeros_like(self.v_bias[...])
             qkv = qkv + jnp.concatenate([self.q_bias[...], zeros, self.v_bias[...]]).astype(qkv.dtype)
         q, k, v = einops.rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q = q * self.scale
-        bias = None if log_size is None else log_size[:, None, None, :].astype(q.dtype)
-        out, sharp = _attend(
-            q,
-            k,
-            v,
-            bias,
-            need_sharpness=need == "sharpness",
-            query_chunk=int(self.query_chunk),
-            chunk_min_elements=int(self.chunk_min_elements),
-        )
+        keys = k
+        low = self.qkv.kernel[...].dtype
+        if is_low_precision(low):  # the attention products' operands in the low precision
+            q, k, v = q.astype(low), k.astype(low), v.astype(low)
+        bias = None if log_size is None else log_size[:, None, None, :].astype(acc_dtype(q.dtype))
+        block = self.key_block
+        if need is None and _use_fused(self.fused, q, self.query_chunk, self._chunk_min(q.dtype)):
+            out, sharp = fused_attention(q, k, v, bias), None
+        elif block is not None and q.shape[2] > int(block):
+            out, sharp = attend_blocked(q, k, v, bias, need_sharpness=need == "sharpness", block=int(block))
+        else:
+            out, sharp = _attend(
+                q,
+                k,
+                v,
+                bias,
+                need_sharpness=need == "sharpness",
+                query_chunk=int(self.query_chunk),
+                chunk_min_elements=self._chunk_min(q.dtype),
+            )
         stats = {"sharpness": sharp} if need == "sharpness" else {}
         if need == "keys":
-            stats["keys"] = jnp.mean(k, axis=1)
-        return self.proj(einops.rearrange(out, "b h n d -> b n (h d)")), stats
+            stats["keys"] = jnp.mean(keys, axis=1)
+        return linear(self.proj, einops.rearrange(out, "b h n d -> b n (h d)")), stats
 
 
 def _attend(
@@ -121,7 +180,7 @@ def _attend(
     """
     def rows(q_rows: Array) -> tuple[Array, Array | None]:
         # (B, H, C, Dh) queries -> ((B, H, C, Dh) attention output, (B, C) sharpness or None).
-        logits = jnp.einsum("bhnd,bhmd->bhnm", q_rows, k)
+        logits = jnp.einsum("bhnd,bhmd->bhnm", q_rows, k, **dot_kwargs(k.dtype))  # float32 in low precision
         probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
         sharp = sharpness_from_mean(jnp.mean(probs, axis=1)) if need_sharpness else None
         if bias is not None:  # proportional attention; the sharpness is taken before the bias
@@ -132,7 +191,8 @@ def _attend(
             # times slower); the barrier keeps the two softmaxes apart.
             barrier = jax.lax.optimization_barrier(logits)
             probs = jax.nn.softmax(barrier.astype(acc_dtype(logits.dtype)), axis=-1)
-        return jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v), sharp
+        out = jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v, **dot_kwargs(v.dtype))
+        return out.astype(v.dtype), sharp
 
     bsz, heads, n, dh = q.shape
     if bsz * heads * n * n <= chunk_min_elements or query_chunk >= n:
@@ -148,6 +208,114 @@ def _attend(
     return out, sharp
 
 
+def _chunk_min_for(dtype, chunk_min_elements: int, cpu_low_precision: int) -> int:
+    """The query-chunking threshold for ``dtype`` (see ``Attention``): lower in low precision on CPU."""
+    if is_low_precision(dtype) and jax.default_backend() == "cpu":
+        return min(int(chunk_min_elements), int(cpu_low_precision))
+    return int(chunk_min_elements)
+
+
+def _use_fused(fused: bool | None, q: Array, query_chunk: int, chunk_min_elements: int) -> bool:
+    """Whether a statistic-free layer calls :func:`fused_attention` (see ``Attention.fused``)."""
+    if fused is not None:
+        return bool(fused)
+    bsz, heads, n, _ = q.shape
+    chunked = bsz * heads * n * n > chunk_min_elements and query_chunk < n
+    return is_low_precision(q.dtype) and jax.default_backend() == "gpu" and not chunked
+
+
+def fused_attention(q: Array, k: Array, v: Array, bias: Array | None) -> Array:
+    """Softmax attention through :func:`jax.nn.dot_product_attention` (no statistics).
+
+    Args:
+      q, k, v: ``(B, H, N, Dh)``; ``q`` already scaled.
+      bias: ``(B or 1, 1, 1, N)`` additive ``log(size)`` bias on the logits, or None.
+
+    Returns:
+      ``(B, H, N, Dh)``, equal to :func:`_attend`'s output up to float rounding.
+    """
+    def heads_last(a: Array) -> Array:
+        return einops.rearrange(a, "b h n d -> b n h d")
+
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, (q.shape[0], 1, 1, k.shape[2])).astype(q.dtype)
+    out = jax.nn.dot_product_attention(heads_last(q), heads_last(k), heads_last(v), bias=bias, scale=1.0)
+    return einops.rearrange(out, "b n h d -> b h n d")
+
+
+def attend_blocked(
+    q: Array, k: Array, v: Array, bias: Array | None, *, need_sharpness: bool, block: int = 512
+) -> tuple[Array, Array | None]:
+    """Softmax attention over blocks of ``block`` keys with an online softmax (no ``(B, H, N, N)`` tensor).
+
+    Args:
+      q, k, v: ``(B, H, N, Dh)``; ``q`` already scaled.
+      bias: ``(B or 1, 1, 1, N)`` additive ``log(size)`` bias on the logits, or None.
+      need_sharpness: also return the ``(B, N)`` vid-TLDR sharpness (negative entropy of the
+        head-averaged softmax *before* the bias). The first pass over the key blocks also keeps each
+        head's pre-bias row maximum and normaliser; a second pass recomputes each block's logits,
+        averages the normalised probabilities over heads and sums ``A log A``.
+      block: keys per block (keys are padded to a multiple; padded keys get probability 0).
+
+    Returns:
+      ``(out (B, H, N, Dh), sharpness (B, N) or None)``; equal to :func:`_attend` up to float rounding
+      (the softmax normalisers are summed block by block).
+    """
+    bsz, heads, n, dh = q.shape
+    acc = acc_dtype(q.dtype)
+    num = math.ceil(n / block)
+    pad = num * block - n
+    mask = jnp.where(jnp.arange(num * block) < n, 0.0, -jnp.inf).astype(acc)  # padded keys: -inf
+
+    def blocks(a: Array) -> Array:  # (B, H, N, Dh) -> (num, B, H, block, Dh)
+        a = jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        return einops.rearrange(a, "b h (k m) d -> k b h m d", m=block)
+
+    full_bias = mask if bias is None else jnp.pad(bias.astype(acc), ((0, 0),) * 3 + ((0, pad),)) + mask
+    bias_b = einops.rearrange(jnp.broadcast_to(full_bias, full_bias.shape[:-1] + (num * block,)),
+                              "... (k m) -> k ... m", m=block)
+    mask_b = einops.rearrange(mask, "(k m) -> k m", m=block)
+    kb, vb = blocks(k), blocks(v)
+
+    def logits_of(kk: Array) -> Array:  # (B, H, N, block) float32 logits of one key block
+        return jnp.einsum("bhnd,bhmd->bhnm", q, kk, **dot_kwargs(kk.dtype)).astype(acc)
+
+    def online(stats: tuple[Array, Array], s: Array) -> tuple[tuple[Array, Array], Array, Array]:
+        top, den = stats  # running row maximum and normaliser
+        top_new = jnp.maximum(top, jnp.max(s, axis=-1, keepdims=True))
+        p = jnp.exp(s - top_new)
+        scale = jnp.exp(top - top_new)
+        return (top_new, den * scale + jnp.sum(p, axis=-1, keepdims=True)), p, scale
+
+    def first(carry, xs):
+        (top, den, o), pre = carry
+        kk, vv, bb, mm = xs
+        s = logits_of(kk)
+        (top, den), p, scale = online((top, den), s + bb)
+        pv = jnp.einsum("bhnm,bhmd->bhnd", p.astype(v.dtype), vv, **dot_kwargs(v.dtype))
+        o = o * scale + pv.astype(acc)
+        if need_sharpness and bias is not None:  # the pre-bias softmax has its own statistics
+            pre, _, _ = online(pre, s + mm)
+        return ((top, den, o), pre), None
+
+    row = (bsz, heads, n, 1)
+    stats0 = (jnp.full(row, -jnp.inf, acc), jnp.zeros(row, acc))
+    init = ((*stats0, jnp.zeros((bsz, heads, n, dh), acc)), stats0)
+    ((top, den, o), pre), _ = jax.lax.scan(first, init, (kb, vb, bias_b, mask_b))
+    out = (o / den).astype(v.dtype)
+    if not need_sharpness:
+        return out, None
+    top0, den0 = (top, den) if bias is None else pre
+
+    def second(total, xs):
+        kk, mm = xs
+        probs = jnp.exp(logits_of(kk) + mm - top0) / den0  # (B, H, N, block), the pre-bias softmax
+        return total + sharpness_from_mean(jnp.mean(probs, axis=1)), None
+
+    sharp, _ = jax.lax.scan(second, jnp.zeros((bsz, n), acc), (kb, mask_b))
+    return out, sharp
+
+
 class Mlp(nnx.Module):
     """Two-layer GELU MLP."""
 
@@ -158,4 +326,6 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """``(B, N, D)`` -> ``(B, N, D)``."""
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=self.approximate))
+        h = jax.nn.gelu(linear(self.fc1, x), approximate=self.approximate)
+        low = self.fc1.kernel[...].dtype
+        return linear(self.fc2, h.astype(low) if is_low_precision(low) else h)

@@ -11,6 +11,8 @@
     itm = retrieval.itm_score(model, text.embeds, mask, vid.tokens)   # (n, B) class-1 logits
     res = retrieval.evaluate(model, videos, texts, txt2vid=..., k=128, r="msrvtt")
     res.i2t, res.t2i, res.metrics                                 # official matrices and metric names
+    index = retrieval.build_index("ckpt/umt_b16_ret", "videos/", "videos.index", keep_tokens=True)
+    hits = retrieval.search(index, "a dog catches a frisbee", k=10, rerank=50)   # SearchHit list
 """
 
 from tldr_jax.retrieval.annotations import Annotations, load_annotations, pre_text
@@ -35,9 +37,18 @@ from tldr_jax.retrieval.evaluation import (
     rerank,
     text_hidden_states,
 )
+from tldr_jax.retrieval.index import (
+    BuildReport,
+    IndexEntry,
+    VideoIndex,
+    build_index,
+    encode_shard,
+    load_index,
+)
 from tldr_jax.retrieval.metrics import dual_softmax, official_only, retrieval_metrics
 from tldr_jax.retrieval.model import RetrievalModel, Vocabulary, init
 from tldr_jax.retrieval.presets import DATASETS, DatasetPreset, get_dataset
+from tldr_jax.retrieval.query import SearchHit, search
 from tldr_jax.retrieval.text import TextConfig
 from tldr_jax.retrieval.tokenizer import tokenize
 
@@ -45,19 +56,25 @@ __all__ = [
     "DATASETS",
     "UNSCORED",
     "Annotations",
+    "BuildReport",
     "ClipReader",
     "DatasetPreset",
     "EvalResult",
+    "IndexEntry",
     "RerankPlan",
     "RetrievalModel",
+    "SearchHit",
     "TextConfig",
     "TextFeatures",
     "VideoFeatures",
+    "VideoIndex",
     "Vocabulary",
+    "build_index",
     "dual_softmax",
     "encode_text",
     "encode_texts",
     "encode_video",
+    "encode_shard",
     "encode_videos",
     "evaluate",
     "fusion_cls",
@@ -68,12 +85,14 @@ __all__ = [
     "itm_score",
     "load",
     "load_annotations",
+    "load_index",
     "official_only",
     "plan_rerank",
     "pre_text",
     "rerank",
     "retrieval_metrics",
     "save",
+    "search",
     "text_hidden_states",
     "tokenize",
 ]

@@ -1,0 +1,61 @@
+"""``build_index(..., engine="ray")`` on a local Ray instance: a killed worker's files are redone, none
+twice, and the index equals the single-process one. Skipped when Ray Data is not installed
+(``pip install -e ".[ray]"``)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install -e '.[ray]')")
+
+from test_search import R_SPEC, tiny_model, write_clips  # noqa: E402
+
+from tldr_jax import retrieval as R  # noqa: E402
+from tldr_jax.batch import MANIFEST, read_jsonl  # noqa: E402
+from tldr_jax.retrieval.ray_engine import FAIL_ONCE_ENV  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_index_equals_single_process_and_survives_a_killed_worker(local_ray, tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    R.save(tiny_model(), model_dir)
+    folder = tmp_path / "videos"
+    write_clips(folder, n=4)
+    marker = tmp_path / "killed.txt"
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
+    on_ray = R.build_index(model_dir, folder, tmp_path / "ray_idx", r=R_SPEC, batch_size=2, keep_tokens=True,
+                           engine="ray", actors=2, progress=False)
+    assert marker.exists(), "the injected worker failure did not happen"
+    monkeypatch.delenv(FAIL_ONCE_ENV)
+    local = R.build_index(model_dir, folder, tmp_path / "local_idx", r=R_SPEC, batch_size=2, keep_tokens=True,
+                          progress=False)
+
+    # Every file encoded exactly once: one result written per file, the killed worker's finished file
+    # reused (not redone) by the retried batch.
+    log = read_jsonl(tmp_path / "ray_idx" / "cache" / MANIFEST)
+    written = collections.Counter(rec["output"] for rec in log)
+    assert sorted(written) == sorted(e.result_name for e in on_ray.entries)
+    assert set(written.values()) == {1}
+    assert sorted(on_ray.build.computed + on_ray.build.reused) == sorted(e.path.split("/")[-1]
+                                                                         for e in on_ray.entries)
+    assert len(on_ray.build.computed) == 3 and len(on_ray.build.reused) == 1  # the dead worker's file
+    assert on_ray.build.engine == "ray"
+
+    assert [e.video for e in on_ray.entries] == [e.video for e in local.entries]
+    assert on_ray.settings == local.settings
+    np.testing.assert_allclose(on_ray.vectors, local.vectors, atol=1e-6)
+    np.testing.assert_allclose(on_ray.tokens, local.tokens, atol=1e-5)
+    for query in ("w1 w2", "w7 w3"):
+        a = R.search(on_ray, query, k=4, rerank=4, max_length=16)
+        b = R.search(local, query, k=4, rerank=4, max_length=16)
+        assert [h.video for h in a] == [h.video for h in b]

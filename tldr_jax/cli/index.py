@@ -1,0 +1,111 @@
+"""``tldr-jax index``: encode a folder of videos once (vid-TLDR on) into a searchable vector index.
+
+Examples::
+
+    tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index                 # r = msrvtt
+    tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --keep-tokens   # for --rerank
+    tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --engine ray    # on Ray
+
+Rerunning after adding or changing files encodes only those files; an index built with another model or
+schedule is refused (``--overwrite`` rebuilds it). Progress goes to stderr, the summary to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tldr_jax.cli import common
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``index`` on an argparse sub-parsers object (``set_defaults(func=main)``)."""
+    p = subparsers.add_parser(
+        "index", help="encode a folder of videos into a searchable index (tldr-jax search)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("videos", help="folder of video files / .npy clips (searched recursively)")
+    p.add_argument("--model", "-m", required=True,
+                   help="retrieval model directory (python -m checkpoints_convert ret.pth OUT --vocab "
+                        "vocab.txt)")
+    p.add_argument("--out", "-o", required=True, help="index directory (created, or updated)")
+    p.add_argument("--r", type=common.r_type, default=None,
+                   help="vid-TLDR schedule (preset, '600,200,100', fraction, 0 = no merging); default msrvtt "
+                        "where published for the model")
+    p.add_argument("--batch-size", type=common.positive_int, default=8, help="videos per encoder call")
+    p.add_argument("--frames", type=common.positive_int, default=None, help="frames per clip (the model's)")
+    p.add_argument("--keep-tokens", action="store_true",
+                   help="also store the merged video tokens (needed by search --rerank)")
+    p.add_argument("--approximate", action="store_true",
+                   help="also build an HNSW graph and search it (large collections); default exact search")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="encode in this process, or on Ray (ray.data; pip install -e '.[ray]')")
+    p.add_argument("--actors", type=common.positive_int, default=None,
+                   help="--engine ray without accelerators: actors (default 1)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="index the readable videos when some cannot be read (default: refuse, naming them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild an index made with another model or settings")
+    common.add_apply_args(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+    return p
+
+
+def default_r(model: str) -> Any:
+    """The msrvtt preset where it is published and fits the model's config, else the generic schedule
+    (:func:`tldr_jax.cli.common.default_r`); "msrvtt" when the config cannot be read (the build reports
+    why)."""
+    from tldr_jax.checkpoint import read_config
+
+    path = Path(model).expanduser()
+    try:
+        cfg, _ = read_config(path)
+    except Exception:  # noqa: BLE001 - the model is checked (and reported) by build_index
+        return "msrvtt"
+    return common.default_r(cfg)
+
+
+def size(n: int) -> str:
+    """Bytes in B / KiB / MiB / GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``tldr-jax index``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
+    from tldr_jax.retrieval.index import build_index
+
+    opts = common.apply_options(args).non_default()
+    r = args.r if args.r is not None else default_r(args.model)
+    index = build_index(
+        args.model, args.videos, args.out, r=r, batch_size=args.batch_size, keep_tokens=args.keep_tokens,
+        approximate=args.approximate, num_frames=args.frames, engine=args.engine, actors=args.actors,
+        skip_unreadable=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet, **opts,
+    )
+    rep, s, b = index.build, index.settings, index.sizes()
+    for name, err in rep.failed.items():
+        print(f"{common.PROG}: warning: skipped {name}: {err}", file=sys.stderr, flush=True)
+    common.say(
+        f"index   {index.path}: {len(index)} videos ({len(rep.computed)} encoded, {len(rep.reused)} reused, "
+        f"{len(rep.failed)} skipped) in {rep.seconds:.1f} s; {rep.videos_per_second:.2f} videos/s encoding "
+        f"(engine {rep.engine})"
+    )
+    merging = "vid-TLDR on" if s["vid_tldr"] else "no merging"
+    common.say(
+        f"model   {index.info['model_dir']}: {s['arch']}, {s['num_frames']} frames, r={common.format_r(r)}: "
+        f"{s['tokens'][0]} -> {s['tokens'][-1]} tokens per video ({merging})"
+    )
+    tokens = (f", tokens {size(b['tokens'])} ({size(b['tokens_unmerged'])} without merging)"
+              if index.tokens is not None else "")
+    hnsw = f", HNSW {size(b['hnsw'])}" if index.approximate else ""
+    common.say(
+        f"disk    vectors {size(b['vectors'])}{tokens}{hnsw}, cache {size(b['cache'])}; "
+        f"{'approximate (HNSW)' if index.approximate else 'exact'} inner-product search"
+    )
+    return 0

@@ -1,0 +1,63 @@
+"""``tldr-jax search``: rank the videos of an index for a text, as the official UMT evaluation ranks them.
+
+Examples::
+
+    tldr-jax search videos.index "a dog catches a frisbee"               # ITC (cosine), top 10
+    tldr-jax search videos.index "a dog catches a frisbee" --rerank 50   # ITM re-ranking of the top 50
+    tldr-jax search videos.index "a dog catches a frisbee" --json        # [{"rank", "video", "score", ...}]
+
+The query is encoded with the model the index was built from (``--model`` for a moved directory; it
+must be the same model). ``--rerank`` needs an index built with ``--keep-tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from tldr_jax.cli import common
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``search`` on an argparse sub-parsers object (``set_defaults(func=main)``)."""
+    p = subparsers.add_parser(
+        "search", help="rank indexed videos for a text (ITC, optional ITM re-ranking)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("index", help="index directory (tldr-jax index)")
+    p.add_argument("query", help="the text to search for")
+    p.add_argument("--k", type=common.positive_int, default=10, help="results shown (10)")
+    p.add_argument("--rerank", type=common.positive_int, default=None, metavar="N",
+                   help="re-score the top N by the matching head (official ITM); needs --keep-tokens")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON array of {rank, video, path, score, itc[, itm], row}")
+    p.add_argument("--model", "-m", default=None, help="model directory (default: the one indexed with)")
+    p.add_argument("--max-length", type=common.positive_int, default=None, help="query tokens (32)")
+    p.add_argument("--raw-query", action="store_true",
+                   help="tokenise the query as written (default: the official caption cleaning)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no header line")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``tldr-jax search``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
+    from tldr_jax.retrieval.index import load_index
+    from tldr_jax.retrieval.query import search
+
+    if args.rerank is not None and args.k > args.rerank:
+        raise ValueError(f"--k {args.k} exceeds --rerank {args.rerank}; give --rerank >= --k.")
+    index = load_index(args.index, args.model)
+    hits = search(index, args.query, k=args.k, rerank=args.rerank, max_length=args.max_length,
+                  clean=not args.raw_query)
+    if args.json:
+        common.say(json.dumps([h.to_json() for h in hits]))
+        return 0
+    if not args.quiet:
+        how = f"ITM re-ranking of the top {args.rerank} by ITC" if args.rerank else "ITC (cosine)"
+        common.say(f"query   {args.query!r}: {len(index)} videos, {how}")
+    for h in hits:
+        itm = f"  itm {h.itm:8.4f}" if h.itm is not None else ""
+        common.say(f"  {h.rank:3d}. {h.score:8.4f}  itc {h.itc:7.4f}{itm}  {h.video}")
+    return 0

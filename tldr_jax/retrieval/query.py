@@ -1,0 +1,168 @@
+"""Text-to-video search over a :class:`~tldr_jax.retrieval.index.VideoIndex`: the official scores.
+
+For a query the official UMT evaluation ranks the videos by ITC (the cosine of the unit ``text_proj`` and
+``vision_proj`` features, no temperature), then re-scores the top ``k`` of that ranking with the fusion
+layers and ``itm_head`` (the class-1 logit) and ranks those by it. :func:`search` does the same for one
+query against a stored collection: candidates from the vector index (exact inner product, or HNSW when
+the index was built with ``approximate=True``), their ITC scores recomputed from the stored vectors, and,
+with ``rerank``, :func:`tldr_jax.retrieval.rerank` (the official pair scoring) on the top candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from tldr_jax.retrieval.index import VideoIndex, load_index
+
+#: Extra candidates fetched from the vector index before the exact ITC re-sort (near-ties at the cut).
+MARGIN = 16
+
+__all__ = ["SearchHit", "search"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHit:
+    """One ranked video.
+
+    Attributes:
+      rank: 1-based rank.
+      video: the file name as indexed (relative to the indexed folder).
+      path: the file's absolute path when indexed.
+      score: what the ranking used: ``itm`` after re-ranking, else ``itc``.
+      itc: the ITC cosine of the query and the video (official ``sim``).
+      itm: the official matching score (class-1 logit of ``itm_head``), or None without re-ranking.
+      row: the video's row in the index (``index.vectors[row]``).
+    """
+
+    rank: int
+    video: str
+    path: str
+    score: float
+    itc: float
+    itm: float | None
+    row: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-friendly dict (``itm`` left out when not re-ranked)."""
+        out = dataclasses.asdict(self)
+        if out["itm"] is None:
+            del out["itm"]
+        return out
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def candidates(index: VideoIndex, query_feat: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, itc)``: the ``count`` best rows by ITC, best first (ties: lower row first, as the official
+    ``topk``), with ITC recomputed as ``vectors[rows] @ query_feat`` in float32.
+
+    Args:
+      index: the index. query_feat: ``(E,)`` unit text feature. count: rows wanted (at most ``len(index)``).
+    """
+    from usearch.index import search as exact_search
+
+    n = len(index)
+    count = min(count, n)
+    fetch = min(n, count + MARGIN)
+    q = np.ascontiguousarray(query_feat, np.float32)
+    if fetch == n:
+        rows = np.arange(n)
+    elif index.approximate:
+        rows = np.asarray(index.hnsw.search(q, fetch).keys, np.int64)
+    else:
+        rows = np.asarray(exact_search(np.asarray(index.vectors), q, fetch, "ip", exact=True).keys, np.int64)
+    itc = np.asarray(index.vectors[np.sort(rows)] @ q, np.float32)
+    rows = np.sort(rows)
+    order = np.lexsort((rows, -itc))[:count]
+    return rows[order], itc[order]
+
+
+def search(
+    index: VideoIndex | str | os.PathLike,
+    query: str,
+    k: int = 10,
+    rerank: int | None = None,
+    *,
+    max_length: int | None = None,
+    clean: bool = True,
+    model: Any = None,
+    precision: str | None = "float32",
+) -> list[SearchHit]:
+    """Rank the indexed videos for a text query, as the official evaluation ranks them.
+
+    Args:
+      index: a :class:`VideoIndex` (:func:`~tldr_jax.retrieval.load_index`, ``build_index``) or its path.
+      query: the text.
+      k: results returned.
+      rerank: re-score the top ``rerank`` ITC candidates with the matching head (official ITM, the
+        evaluation's ``k_test``) and rank them by it; needs an index built with ``keep_tokens=True``, and
+        ``k <= rerank``. None: ITC ranking only.
+      max_length: tokens of the query (default: MSR-VTT's 32, or the text tower's positions if fewer).
+      clean: apply the official caption cleaning (:func:`~tldr_jax.retrieval.pre_text`) to the query.
+      model: with a path ``index``, the model to open it with (default: the one it was built from).
+      precision: float32 matrix-product precision of the text tower and the matching head.
+
+    Returns:
+      ``min(k, len(index))`` :class:`SearchHit` s, best first: ``score`` is the ITC cosine, or the ITM
+      class-1 logit after re-ranking (``itc`` is kept on every hit).
+
+    Raises:
+      ValueError: an empty query, ``k`` / ``rerank`` not a positive int, ``k > rerank``, re-ranking an
+        index without tokens, an index of another model. FileNotFoundError: a missing index.
+    """
+    from tldr_jax.retrieval.annotations import pre_text
+    from tldr_jax.retrieval.evaluation import encode_texts
+    from tldr_jax.retrieval.evaluation import rerank as official_rerank
+
+    k = _check_count("k", k)
+    if rerank is not None:
+        rerank = _check_count("rerank", rerank)
+        if k > rerank:
+            raise ValueError(
+                f"k={k} exceeds rerank={rerank}: only the re-ranked candidates get a matching score; give "
+                "rerank >= k."
+            )
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"the query must be a non-empty text; got {query!r}.")
+    if not isinstance(index, VideoIndex):
+        index = load_index(index, model)
+    if index.model is None:
+        raise ValueError("the index was opened without a model (model=False); load it with its model.")
+    if rerank is not None and index.tokens is None:
+        raise ValueError(
+            f"the index {index.path} holds no video tokens, which re-ranking needs; rebuild it with "
+            "keep_tokens=True (CLI: --keep-tokens), or search without rerank."
+        )
+    model = index.model
+    if max_length is None:
+        max_length = min(32, model.text_config.max_position_embeddings)
+    text = encode_texts(model, [pre_text(query) if clean else query], max_length=max_length,
+                        precision=precision)
+    feat = np.asarray(text.feat[0], np.float32)
+    rows, itc = candidates(index, feat, rerank if rerank is not None else k)
+    itm = None
+    if rerank is not None:
+        _, t2i, _ = official_rerank(
+            model, itc[:, None], text, np.asarray(index.tokens[rows]), len(rows), precision=precision,
+            progress=False,
+        )
+        itm = t2i[0]
+        order = np.argsort(-itm, kind="stable")[:k]
+        rows, itc, itm = rows[order], itc[order], itm[order]
+    hits = []
+    for i in range(min(k, len(rows))):
+        entry = index.entries[int(rows[i])]
+        m = None if itm is None else float(itm[i])
+        hits.append(SearchHit(
+            rank=i + 1, video=entry.video, path=entry.path, score=float(itc[i]) if m is None else m,
+            itc=float(itc[i]), itm=m, row=int(rows[i]),
+        ))
+    return hits
