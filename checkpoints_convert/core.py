@@ -20,6 +20,7 @@ from checkpoints_convert.rules import SINCOS_POS_EMBED, Mapped, apply_table
 from tldr_jax.api import Params
 from tldr_jax.checkpoint import expected_shapes, save, unflatten_tree
 from tldr_jax.configs import ArchConfig
+from tldr_jax.files import sha256_file
 from tldr_jax.models import sinusoid_table
 
 AUTO_PROGRESS_BYTES = 256 << 20  # show a progress bar by default above this size (on a terminal)
@@ -371,7 +372,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], fmt: str = "auto", **optio
 
 def _provenance(source: readers.Source, conv: Conversion, options: Mapping[str, Any]) -> dict[str, Any]:
     files = [
-        {"name": f.name, "sha256": readers.sha256_file(f), "bytes": f.stat().st_size} for f in source.files
+        {"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in source.files
     ]
     used = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in options.items() if v is not None}
     used.pop("verbose", None)

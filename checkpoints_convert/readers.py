@@ -8,7 +8,6 @@ No reader ever unpickles arbitrary Python objects: PyTorch files go through ``we
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,15 +42,6 @@ class Source:
     hf_config: dict[str, Any] | None
     files: list[Path]
     label: str
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def to_numpy(value: Any, key: str) -> np.ndarray:

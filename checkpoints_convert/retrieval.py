@@ -42,6 +42,7 @@ from checkpoints_convert import core, formats, readers, rules
 from checkpoints_convert.errors import ConversionError
 from checkpoints_convert.rules import Rule, Table, layernorm, linear
 from tldr_jax.checkpoint import flatten_tree, unflatten_tree
+from tldr_jax.files import sha256_file
 
 TEXT_PREFIX = "text_encoder."
 PRETRAIN_PREFIX = "text_encoder.bert."
@@ -452,10 +453,10 @@ def convert_retrieval(
     )
     used = {k: v for k, v in options.items() if v is not None and k not in ("verbose", "progress")}
     files = [
-        {"name": f.name, "sha256": readers.sha256_file(f), "bytes": f.stat().st_size} for f in source.files
+        {"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in source.files
     ]
     extra = [Path(p) for p in (vocab, text_config) if isinstance(p, (str, Path))]
-    files += [{"name": p.name, "sha256": readers.sha256_file(p.expanduser())} for p in extra]
+    files += [{"name": p.name, "sha256": sha256_file(p.expanduser())} for p in extra]
     metadata = {
         "source": {
             "converter": "checkpoints_convert",

@@ -165,11 +165,16 @@ def params_fingerprint(params: Params) -> str:
 def _params_fingerprint(params: Params) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(params.config.to_dict(), sort_keys=True).encode())
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params.tree), key=lambda kv: str(kv[0])):
+    hash_tree(h, params.tree)
+    return h.hexdigest()
+
+
+def hash_tree(h: Any, tree: Any) -> None:
+    """Feed every leaf of ``tree`` (its path, shape, dtype and bytes, in path order) to the hash ``h``."""
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda kv: str(kv[0])):
         arr = np.asarray(leaf)
         h.update(f"{jax.tree_util.keystr(path)}{arr.shape}{arr.dtype}".encode())
         h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 
 PathLike = str | os.PathLike
 
-__all__ = ["atomic_directory", "atomic_output", "write_text_atomic"]
+__all__ = ["atomic_directory", "atomic_output", "sha256_file", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -80,3 +81,12 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read in ``chunk``-byte pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

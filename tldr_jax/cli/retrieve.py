@@ -148,22 +148,9 @@ def video_files(spec: str) -> list[Path]:
 
 
 def _load_model(spec: str) -> Any:
-    import tldr_jax
-    from tldr_jax.retrieval.checkpoint import is_retrieval_dir
-    from tldr_jax.retrieval.model import RetrievalModel
+    from tldr_jax.retrieval.checkpoint import load_retrieval_model
 
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"--model {spec}: no such directory.")
-    if not is_retrieval_dir(path):
-        raise ValueError(
-            f"--model {spec} is not a retrieval model directory; convert the official UMT retrieval "
-            "checkpoint with "
-            "`python -m checkpoints_convert ret.pth OUT --vocab vocab.txt [--text-config config_bert.json]`."
-        )
-    model = tldr_jax.load(path)
-    assert isinstance(model, RetrievalModel)
-    return model
+    return load_retrieval_model(Path(spec).expanduser(), what=f"--model {spec}")
 
 
 def _resolve(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:

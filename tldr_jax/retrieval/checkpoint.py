@@ -111,6 +111,30 @@ def is_retrieval_dir(path: str | Path) -> bool:
         return False
 
 
+def load_retrieval_model(path: str | Path, what: str | None = None) -> RetrievalModel:
+    """Load a retrieval model directory, with one clear error when ``path`` is not one.
+
+    Args:
+      path: the directory (``python -m checkpoints_convert ret.pth OUT --vocab vocab.txt``'s OUT).
+      what: how error messages name the path (default ``model PATH``).
+
+    Raises:
+      FileNotFoundError: nothing at ``path``. ValueError: not a retrieval model directory (a
+        vision-only checkpoint, or not a checkpoint), with the conversion command as the fix.
+    """
+    path = Path(path).expanduser()
+    what = what or f"model {path}"
+    if not path.exists():
+        raise FileNotFoundError(f"{what} does not exist; give a retrieval model directory.")
+    if not is_retrieval_dir(path):
+        raise ValueError(
+            f"{what} is not a retrieval model directory (a vision-only checkpoint, or not a "
+            "checkpoint); convert the official retrieval checkpoint with `python -m checkpoints_convert "
+            "ret.pth OUT --vocab vocab.txt [--text-config config_bert.json]`."
+        )
+    return load(path)
+
+
 def read_text_config(path: str | Path) -> TextConfig:
     """The :class:`TextConfig` of a retrieval directory, without reading weights."""
     path = Path(path).expanduser()

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from tldr_jax.files import sha256_file
 from tldr_jax.retrieval.model import RetrievalModel
 
 PathLike = str | os.PathLike
@@ -64,7 +65,6 @@ __all__ = [
     "build_index",
     "collect_videos",
     "encode_shard",
-    "file_sha256",
     "load_index",
     "model_fingerprint",
 ]
@@ -248,15 +248,6 @@ def collect_videos(videos: PathLike | Sequence[PathLike]) -> tuple[Path | None, 
     return None, sorted(set(files))
 
 
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a file's content (read in chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _entries(root: Path | None, files: list[Path], previous: dict[str, IndexEntry]) -> list[IndexEntry]:
     """One entry per file; a file whose size and mtime match its previous entry is not re-hashed."""
     out = []
@@ -265,7 +256,7 @@ def _entries(root: Path | None, files: list[Path], previous: dict[str, IndexEntr
         name = f.relative_to(root).as_posix() if root is not None else f.name
         old = previous.get(str(f))
         same = old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
-        sha = old.sha256 if same else file_sha256(f)
+        sha = old.sha256 if same else sha256_file(f)
         out.append(IndexEntry(video=name, path=str(f), sha256=sha, size=st.st_size, mtime_ns=st.st_mtime_ns))
     names = [e.video for e in out]
     if len(set(names)) != len(names):  # a list of files from several folders with equal names
@@ -280,18 +271,13 @@ def _entries(root: Path | None, files: list[Path], previous: dict[str, IndexEntr
 
 def model_fingerprint(model: RetrievalModel) -> str:
     """A hash of both towers' weights, the text config and the vocabulary (identifies the model)."""
-    import jax
-
-    from tldr_jax.batch import params_fingerprint
+    from tldr_jax.batch import hash_tree, params_fingerprint
 
     h = hashlib.blake2b(digest_size=16)
     h.update(params_fingerprint(model.vision).encode())
     h.update(json.dumps(dataclasses.asdict(model.text_config), sort_keys=True, default=str).encode())
     h.update(model.vocab.digest.encode())
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(model.text), key=lambda kv: str(kv[0])):
-        arr = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}{arr.shape}{arr.dtype}".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
+    hash_tree(h, model.text)
     return h.hexdigest()
 
 
@@ -355,22 +341,10 @@ def _load_model(model: Any) -> tuple[RetrievalModel, str | None]:
             f"model must be a RetrievalModel or the path of a retrieval model directory; got "
             f"{type(model).__name__}."
         )
-    import tldr_jax
-    from tldr_jax.retrieval.checkpoint import is_retrieval_dir
+    from tldr_jax.retrieval.checkpoint import load_retrieval_model
 
     path = Path(model).expanduser().absolute()
-    if not path.exists():
-        raise FileNotFoundError(f"model {path} does not exist; give a retrieval model directory.")
-    if not is_retrieval_dir(path):
-        raise ValueError(
-            f"model {path} is not a UMT retrieval model directory (a vision-only checkpoint, or not a "
-            "checkpoint); convert the official retrieval checkpoint with `python -m checkpoints_convert "
-            "ret.pth OUT --vocab vocab.txt`."
-        )
-    loaded = tldr_jax.load(path)
-    if not isinstance(loaded, RetrievalModel):
-        raise ValueError(f"model {path} did not load as a retrieval model; reconvert it with --vocab.")
-    return loaded, str(path)
+    return load_retrieval_model(path, what=f"model {path}"), str(path)
 
 
 def load_index(path: PathLike, model: Any = None) -> VideoIndex:
