@@ -161,6 +161,38 @@ def _attention_pair(monkeypatch, need, with_bias):
     return standard, run()
 
 
+def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
+    """On CPU, layers above ``cpu_block_min_elements`` run in query chunks: 512 rows where the vid-TLDR
+    sharpness is computed, 128 elsewhere; a smaller ``chunk_min_elements`` (the memory guard) and its
+    ``query_chunk`` still win; the chunked program has a loop, the small one none."""
+    import jax
+    from flax import nnx
+
+    from tldr_jax.models import Attention
+
+    assert jax.default_backend() == "cpu"
+    cfg = get_config("umt_b16", embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    attn = Attention(cfg, rngs=nnx.Rngs(0))
+    assert attn._chunking("sharpness") == (512, 2**22)
+    assert attn._chunking(None) == (128, 2**22)
+    assert attn._chunking("keys") == (128, 2**22)
+    monkeypatch.setattr(Attention, "chunk_min_elements", 0)
+    assert attn._chunking(None) == (Attention.query_chunk, 0)
+    monkeypatch.setattr(Attention, "chunk_min_elements", 2**28)
+    monkeypatch.setattr(Attention, "cpu_block_min_elements", 2**40)
+    assert attn._chunking("sharpness") == (Attention.query_chunk, 2**28)
+
+    monkeypatch.setattr(Attention, "cpu_block_min_elements", 2 * 2 * 40 * 40 - 1)  # B=2, H=2, N=40 above
+    monkeypatch.setattr(Attention, "cpu_block_rows", 8)
+    x = jax.random.normal(jax.random.key(0), (2, 40, 32))
+
+    def loops(n: int) -> int:
+        jaxpr = jax.make_jaxpr(lambda y: attn(y, None, None)[0])(x[:, :n])
+        return str(jaxpr).count("scan[")
+
+    assert loops(40) == 1 and loops(39) == 0
+
+
 @pytest.mark.parametrize("need,with_bias", [("sharpness", False), ("sharpness", True)])
 def test_chunked_attention_equals_standard(monkeypatch, need, with_bias):
     (out_a, aux_a, grad_a), (out_b, aux_b, grad_b) = _attention_pair(monkeypatch, need, with_bias)

@@ -71,10 +71,12 @@ class Attention(nnx.Module):
     Class attributes (set them on the class to tune memory): ``query_chunk`` query rows per chunk and
     ``chunk_min_elements``, the size of the ``(B, H, N, N)`` probability tensor above which attention
     runs in chunks (default ``2**28`` elements = 1 GiB in float32: UMT-B/16 at 32 frames chunks).
-    In bfloat16 / float16 on CPU the threshold is ``cpu_low_precision_chunk_min_elements`` (``2**24``:
-    UMT-B layers above ~1180 tokens): there the chunks act as cache blocking (each chunk's logits,
-    softmax and ``PV`` stay in cache), measured 12 % faster on UMT-B MSRVTT in bfloat16 with
-    identical outputs; in float32 the gain was within noise, so float32 programs stay unchunked.
+    On CPU the chunks also serve as cache blocking (a chunk's logits, softmax and ``PV`` stay closer to
+    the cores): above ``cpu_block_min_elements`` (``2**22``; UMT-B layers above ~590 tokens) layers
+    that compute the vid-TLDR sharpness run in chunks of ``cpu_block_rows_sharpness`` (512) rows and
+    the others in chunks of ``cpu_block_rows`` (128), the sizes measured fastest for each (README,
+    "bfloat16, attention variants and the compilation cache"); the result equals the unchunked one up
+    to float rounding.
     ``key_block`` (default None: off) switches to :func:`attend_blocked` with that many keys per block
     when ``N`` exceeds it: no ``(B, H, N, N)`` tensor, the same result up to float rounding; measured
     slower than the standard path on CPU (see the README), so it is opt-in. ``fused`` decides where
@@ -86,7 +88,9 @@ class Attention(nnx.Module):
 
     query_chunk: int = 512
     chunk_min_elements: int = 2**28
-    cpu_low_precision_chunk_min_elements: int = 2**24
+    cpu_block_min_elements: int = 2**22
+    cpu_block_rows_sharpness: int = 512
+    cpu_block_rows: int = 128
     key_block: int | None = None
     fused: bool | None = None
 
@@ -100,9 +104,13 @@ class Attention(nnx.Module):
             self.v_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
         self.proj = nnx.Linear(d, d, rngs=rngs)
 
-    def _chunk_min(self, dtype) -> int:
-        """The query-chunking threshold in elements of ``(B, H, N, N)`` for compute ``dtype``."""
-        return _chunk_min_for(dtype, self.chunk_min_elements, self.cpu_low_precision_chunk_min_elements)
+    def _chunking(self, need: Need) -> tuple[int, int]:
+        """``(rows per chunk, threshold in elements of (B, H, N, N))`` for a layer that needs ``need``."""
+        rows, threshold = int(self.query_chunk), int(self.chunk_min_elements)
+        if jax.default_backend() == "cpu" and self.cpu_block_min_elements < threshold:
+            threshold = int(self.cpu_block_min_elements)
+            rows = int(self.cpu_block_rows_sharpness if need == "sharpness" else self.cpu_block_rows)
+        return rows, threshold
 
     def __call__(
         self, x: Array, log_size: Array | None = None, need: Need = None
@@ -136,7 +144,8 @@ class Attention(nnx.Module):
             q, k, v = q.astype(low), k.astype(low), v.astype(low)
         bias = None if log_size is None else log_size[:, None, None, :].astype(acc_dtype(q.dtype))
         block = self.key_block
-        if need is None and _use_fused(self.fused, q, self.query_chunk, self._chunk_min(q.dtype)):
+        rows, threshold = self._chunking(need)
+        if need is None and _use_fused(self.fused, q, rows, threshold):
             out, sharp = fused_attention(q, k, v, bias), None
         elif block is not None and q.shape[2] > int(block):
             out, sharp = attend_blocked(q, k, v, bias, need_sharpness=need == "sharpness", block=int(block))
@@ -147,8 +156,8 @@ class Attention(nnx.Module):
                 v,
                 bias,
                 need_sharpness=need == "sharpness",
-                query_chunk=int(self.query_chunk),
-                chunk_min_elements=self._chunk_min(q.dtype),
+                query_chunk=rows,
+                chunk_min_elements=threshold,
             )
         stats = {"sharpness": sharp} if need == "sharpness" else {}
         if need == "keys":
@@ -206,13 +215,6 @@ def _attend(
     out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
     sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
     return out, sharp
-
-
-def _chunk_min_for(dtype, chunk_min_elements: int, cpu_low_precision: int) -> int:
-    """The query-chunking threshold for ``dtype`` (see ``Attention``): lower in low precision on CPU."""
-    if is_low_precision(dtype) and jax.default_backend() == "cpu":
-        return min(int(chunk_min_elements), int(cpu_low_precision))
-    return int(chunk_min_elements)
 
 
 def _use_fused(fused: bool | None, q: Array, query_chunk: int, chunk_min_elements: int) -> bool:
