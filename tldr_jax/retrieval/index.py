@@ -281,12 +281,6 @@ def model_fingerprint(model: RetrievalModel) -> str:
     return h.hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
-    from tldr_jax.batch import _jsonable as batch_jsonable
-
-    return batch_jsonable(value)
-
-
 def _check_identity(old: dict[str, Any], new: dict[str, Any], where: Path, fix: str) -> None:
     diff = [k for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
     if diff:
