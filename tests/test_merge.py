@@ -511,3 +511,25 @@ def test_merge_tokens_is_merge_step_with_the_attention_sharpness():
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(want[3]["saliency"], tldr_jax.saliency(attn))
     assert want[3]["plan"].method == "vid_tldr" and M.merge_step(x, 3)[3]["plan"].method == "tome"
+
+
+@pytest.mark.parametrize("method", ["vid_tldr", "tome"])
+def test_merge_wavg_in_one_pass_equals_tokens_and_sizes_merged_apart(method):
+    """merge_wavg sends tokens and sizes through one apply_plan; the bits equal two separate calls."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 31, 8)), jnp.float32)
+    size = jnp.asarray(rng.integers(1, 5, size=(2, 31, 1)), jnp.float32)
+    sal = jnp.asarray(rng.uniform(size=(2, 31)), jnp.float32) if method == "vid_tldr" else None
+    plan = tldr_jax.bipartite_plan(x, 9, saliency=sal, method=method)
+    got_x, got_size = jax.jit(tldr_jax.merge_wavg)(plan, x, size)
+
+    def apart(plan, x, size):
+        scale = size if method == "tome" else size / jnp.max(size, axis=1, keepdims=True)
+        merged_x = tldr_jax.apply_plan(plan, x * scale, "sum")
+        merged_size = tldr_jax.apply_plan(plan, size, "sum")
+        merged_scale = merged_size if method == "tome" else merged_size / jnp.max(size, axis=1, keepdims=True)
+        return merged_x / merged_scale, merged_size
+
+    want_x, want_size = jax.jit(apart)(plan, x, size)
+    np.testing.assert_array_equal(np.asarray(got_size), np.asarray(want_size))
+    np.testing.assert_array_equal(np.asarray(got_x), np.asarray(want_x))

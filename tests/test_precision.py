@@ -307,11 +307,41 @@ def test_precision_bench_quick(tmp_path):
 
     result = precision_bench.main(["--quick", "--rounds", "1", "--out", str(tmp_path / "p")])
     assert set(result["timing"]) == {
-        "tldr_jax f32", "tldr_jax bf16", "tldr_jax f32, key-blocked", "tldr_jax bf16, key-blocked",
-        "official f32", "official bf16 (autocast)",
+        "tldr_jax f32", "tldr_jax bf16", "tldr_jax bf16, weights cast once", "tldr_jax f32, key-blocked",
+        "tldr_jax bf16, key-blocked", "official f32", "official bf16 (autocast)",
     }
     assert all(row["median_s"] > 0 and row["gflops_per_s"] > 0 for row in result["timing"].values())
     assert all(row["gflops"] > 0 for row in result["gemm"].values())
     for prof in result["profile"].values():
         assert prof["sum"] > 0 and prof["merge"] > 0 and prof["gemm_mlp"] > 0
-    assert "| tldr_jax bf16 / official bf16 |" in (tmp_path / "p.md").read_text()
+    report = (tmp_path / "p.md").read_text()
+    assert "| tldr_jax bf16 / official bf16 |" in report
+    assert "| tldr_jax bf16, weights cast once / official bf16 |" in report
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+def test_cast_once_equals_casting_in_every_call(umt_golden_params, golden_f64, dtype):
+    """tldr_jax.cast applies apply(dtype=...)'s rule once: same outputs, kernels stored in the dtype."""
+    import jax
+
+    with jax.enable_x64(dtype == "float64"):
+        dt = jnp.dtype(dtype)
+        cast = tldr_jax.cast(umt_golden_params, dt)
+        kernels = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.dtype
+                   for path, leaf in jax.tree_util.tree_leaves_with_path(cast.tree)}
+        assert all((d == dt) == (p.endswith("kernel") or dtype == "float64") for p, d in kernels.items())
+        assert cast.config == umt_golden_params.config
+        video = jnp.asarray(golden_video(golden_f64), dt)
+        sched = _schedule(golden_f64, "ints")
+        want = _apply(umt_golden_params, video, sched, dtype=dt)
+        for got in (_apply(cast, video, sched, dtype=dt), _apply(cast, video, sched)):
+            assert got.pooled.dtype == dt
+            np.testing.assert_array_equal(np.asarray(got.pooled), np.asarray(want.pooled))
+            np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+
+
+def test_cast_refuses_a_missing_or_integer_dtype(umt_golden_params):
+    with pytest.raises(ValueError, match="cast needs a dtype"):
+        tldr_jax.cast(umt_golden_params, None)
+    with pytest.raises(ValueError, match="int32"):
+        tldr_jax.cast(umt_golden_params, jnp.int32)

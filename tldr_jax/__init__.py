@@ -5,7 +5,7 @@ The names here are those the README teaches; everything else stays importable fr
 """
 
 from tldr_jax import options
-from tldr_jax.api import Output, Params, apply, init, schedule
+from tldr_jax.api import Output, Params, apply, cast, init, schedule
 from tldr_jax.batch import RunSummary, run_directory
 from tldr_jax.checkpoint import CheckpointError, load, save
 from tldr_jax.compile_cache import enable_compile_cache
@@ -54,6 +54,7 @@ __all__ = [
     "apply",
     "apply_plan",
     "bipartite_plan",
+    "cast",
     "enable_compile_cache",
     "finetune",
     "flops",

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["LOW_PRECISION", "acc_dtype", "dot_kwargs", "is_low_precision", "safe_div", "xlogx"]
+__all__ = [
+    "LOW_PRECISION", "acc_dtype", "dot_kwargs", "is_low_precision", "min_max", "safe_div", "xlogx",
+]
 
 #: Compute dtypes whose products run with float32 accumulation (``preferred_element_type``).
 LOW_PRECISION: tuple[str, ...] = ("bfloat16", "float16")
@@ -48,3 +50,21 @@ def safe_div(num: Array, den: Array, fill: float) -> Array:
     """``num / den`` where ``den > 0``, else ``fill`` (no NaN or inf, and no NaN gradient). Broadcasts."""
     ok = den > 0
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), fill)
+
+
+# XLA CPU splits every single-output reduction over more than 32 elements into three kernels (a tree
+# of reduce-windows, for the precision of sums). A minimum and a maximum are exact in any order, so
+# min_max computes both in one variadic reduction: one kernel instead of six, the same values bit for
+# bit (except that a NaN propagates, as in NumPy and PyTorch, where XLA CPU's plain jnp.max may skip
+# it). The vid-TLDR saliency runs it in every merging layer: fewer kernels to compile.
+
+
+def min_max(x: Array) -> tuple[Array, Array]:
+    """``(..., N)`` -> ``(min, max)``, each ``(..., 1)``, in one reduction (a NaN propagates to both)."""
+    def pick(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+        return jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])
+
+    inits = (jnp.array(jnp.inf, x.dtype), jnp.array(-jnp.inf, x.dtype))
+    lo, hi = jax.lax.reduce((x, x), inits, pick, (x.ndim - 1,))
+    return lo[..., None], hi[..., None]
+

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tldr_jax.numerics import acc_dtype, safe_div, xlogx
+from tldr_jax.numerics import acc_dtype, min_max, safe_div, xlogx
 
 Array = jax.Array
 
@@ -53,8 +53,8 @@ def saliency_from_sharpness(scores: Array) -> Array:
       the per-sample mean, ``(s - mean) / max(s - mean)`` otherwise. A constant row gives all ones.
     """
     s = scores.astype(acc_dtype(scores.dtype))
-    s = s - jnp.min(s, axis=-1, keepdims=True)
-    s = safe_div(s, jnp.max(s, axis=-1, keepdims=True), 0.0)
+    lo, hi = min_max(s)  # one reduction; max(s - lo) is hi - lo exactly (subtraction is monotonic)
+    s = safe_div(s - lo, hi - lo, 0.0)
     mean = jnp.mean(s, axis=-1, keepdims=True)
     background = s < mean
     s = s - mean
