@@ -87,6 +87,27 @@ def test_results_match_apply_and_corrupt_file_is_skipped(params, tmp_path):
         assert meta["name"] == name and meta["tokens"][-1] == ref.tokens.shape[1]
 
 
+def test_bfloat16_run_casts_once_and_matches_apply(params, tmp_path, monkeypatch):
+    """dtype=bfloat16: the kernels are cast once for the run; results equal apply(dtype=...) per batch,
+    and the run settings still fingerprint the float32 weights (a rerun resumes)."""
+    casts = []
+    monkeypatch.setattr(batch, "cast", lambda p, dt: casts.append(dt) or tldr_jax.cast(p, dt))
+    in_dir = tmp_path / "in"
+    names = _write_clips(in_dir, num=3)
+    out_dir = tmp_path / "out"
+    bf16 = jax.numpy.bfloat16
+    summary = batch.run_directory(params, in_dir, out_dir, r=R, batch_size=2, dtype=bf16, progress=False)
+    assert sorted(summary.processed) == names and casts == [bf16]  # two batches, one cast
+    prep = preprocessing_for(params)
+    video = np.stack([load_clip(in_dir / n, prep) for n in names])
+    ref = tldr_jax.apply(params, jax.numpy.asarray(video), R, dtype=bf16)
+    got = _results(out_dir)
+    for i, name in enumerate(names):
+        np.testing.assert_array_equal(got[f"{name}.npz"]["pooled"], np.asarray(ref.pooled[i], np.float32))
+    again = batch.run_directory(params, in_dir, out_dir, r=R, batch_size=2, dtype=bf16, progress=False)
+    assert sorted(again.skipped) == names and not again.processed and casts == [bf16]
+
+
 def test_interrupted_run_resumes_without_recomputing(params, tmp_path):
     in_dir = tmp_path / "in"
     names = _write_clips(in_dir)

@@ -340,8 +340,10 @@ def test_cast_once_equals_casting_in_every_call(umt_golden_params, golden_f64, d
             np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
 
 
-def test_cast_refuses_a_missing_or_integer_dtype(umt_golden_params):
+def test_cast_refuses_bad_arguments(umt_golden_params):
     with pytest.raises(ValueError, match="cast needs a dtype"):
         tldr_jax.cast(umt_golden_params, None)
     with pytest.raises(ValueError, match="int32"):
         tldr_jax.cast(umt_golden_params, jnp.int32)
+    with pytest.raises(TypeError, match="cast takes tldr_jax Params"):
+        tldr_jax.cast(umt_golden_params.tree, jnp.bfloat16)

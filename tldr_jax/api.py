@@ -303,8 +303,12 @@ def cast(params: Params, dtype: Any) -> Params:
     bfloat16: 85 M kernel weights, 20-40 ms of each 1.4 s call on a 2-core CPU).
 
     Raises:
+      TypeError: ``params`` is not :class:`Params`.
       ValueError: ``dtype`` is not one of :data:`~tldr_jax.options.COMPUTE_DTYPES`.
     """
+    if not isinstance(params, Params):
+        got = type(params).__name__
+        raise TypeError(f"cast takes tldr_jax Params (from init, load or the converter); got {got}.")
     dt = check_dtype(dtype)
     if dt is None:
         raise ValueError(f"cast needs a dtype, one of {', '.join(COMPUTE_DTYPES)}; got None.")

@@ -45,7 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from tldr_jax.api import Output, Params, config_for_video, params_config, validate_video
+from tldr_jax.api import Output, Params, cast, config_for_video, params_config, validate_video
 from tldr_jax.files import atomic_output, write_text_atomic
 from tldr_jax.options import ApplyOptions, check_int
 from tldr_jax.schedule import check_schedule
@@ -444,6 +444,8 @@ def run_directory(
     _reset_errors(out_dir)
 
     padded = parallel.padded_size(batch_size, parallel.local_device_count(mesh))
+    if opts.dtype is not None and todo:  # cast the kernels once, not inside every batch (same values)
+        params = cast(params, opts.dtype)
     params = parallel.replicate(params, mesh)
 
     def read(path: Path, note: Callable[[str], None]) -> np.ndarray:
