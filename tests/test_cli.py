@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -86,6 +87,32 @@ def test_run_default_clip(capsys, tmp_path):
     assert data["time_merged"]["first_call_s"] > 0 and data["time_merged"]["steady_s"] > 0
     ref = tldr_jax.apply(params, default_clip(4, 112)[None], GENERIC_R)
     assert data["pooled_norm"] == pytest.approx(float(np.linalg.norm(np.asarray(ref.pooled[0]))), rel=1e-5)
+
+
+def test_run_bfloat16_casts_once_with_the_same_result(capsys, tmp_path, monkeypatch):
+    """``run --dtype bfloat16`` casts the kernels once (not in every timed call); the result equals the
+    per-call cast's (the same run with ``cast`` made a no-op) bit for bit."""
+    real_cast = tldr_jax.cast
+    casts = []
+
+    def run(cast) -> dict:
+        monkeypatch.setattr(tldr_jax, "cast", cast)
+        js = tmp_path / f"run{len(casts)}.json"
+        code, _, err = run_cli(
+            capsys, "run", "--tiny", "--repeat", "2", "--dtype", "bfloat16", "--no-baseline", "-q",
+            "--json", str(js),
+        )
+        assert code == 0, err
+        return json.loads(js.read_text())
+
+    once = run(lambda p, dt: casts.append(dt) or real_cast(p, dt))
+    assert len(casts) == 1
+    per_call = run(lambda p, dt: p)
+    assert once["pooled_norm"] == per_call["pooled_norm"] and once["pooled_first"] == per_call["pooled_first"]
+    params = tldr_jax.init(0, "umt_b16", **TINY_OVERRIDES)
+    ref = tldr_jax.apply(params, default_clip(4, 112)[None], GENERIC_R, dtype=jnp.bfloat16)
+    want = float(np.linalg.norm(np.asarray(ref.pooled[0], np.float32)))
+    assert once["pooled_norm"] == pytest.approx(want, rel=1e-2)  # bfloat16 rounding of the input clip
 
 
 def test_run_video_file_and_options(capsys, clip_file):

@@ -44,6 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     loading = "random weights: initialising ..." if source.random_weights else "loading the weights ..."
     common.status(args, loading)
     params = source.load()
+    if opts.dtype is not None:  # the kernels cast once, not inside every timed call (same values)
+        params = tldr_jax.cast(params, opts.dtype)
     common.say(f"model      {source.description}")
     common.say(
         f"           {cfg.name}, {params.num_params() / 1e6:.2f}M params, depth {cfg.depth}, "
