@@ -326,8 +326,9 @@ def report(result: dict[str, Any]) -> str:
     for label, slow, fast, target in ratio:
         x = t[slow]["median_s"] / t[fast]["median_s"]
         y = min(t[slow]["times_s"]) / min(t[fast]["times_s"])
-        met = "-" if target is None else ("met" if x >= target else "not met")
-        verdict = "-" if target is None else f">= {target}x ({met} on medians)"
+        verdict = "-"
+        if target is not None:
+            verdict = f">= {target}x ({'met' if x >= target else 'not met'} on medians)"
         lines.append(f"| {label} | {x:.2f}x | {y:.2f}x | {verdict} |")
     gm, gk, gn = result["gemm_shape"]
     lines += ["", f"GEMM probe {gm}x{gk}x{gn}, timed in the same rounds (best GEMM: float32 "

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import median_time
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -89,13 +91,7 @@ def timed_build(model_dir: Path, files: list[Path], out: Path, r: Any, batch_siz
 
 def median_ms(fn: Any, reps: int) -> float:
     """Median wall time of ``fn()`` in milliseconds (after one untimed call)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    return median_time(fn, reps) * 1e3
 
 
 class SyntheticIndex:

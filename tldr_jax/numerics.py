@@ -67,4 +67,3 @@ def min_max(x: Array) -> tuple[Array, Array]:
     inits = (jnp.array(jnp.inf, x.dtype), jnp.array(-jnp.inf, x.dtype))
     lo, hi = jax.lax.reduce((x, x), inits, pick, (x.ndim - 1,))
     return lo[..., None], hi[..., None]
-
