@@ -173,14 +173,16 @@ def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
     assert jax.default_backend() == "cpu"
     cfg = get_config("umt_b16", embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
     attn = Attention(cfg, rngs=nnx.Rngs(0))
-    assert attn._chunking("sharpness") == (512, 2**22)
-    assert attn._chunking(None) == (128, 2**22)
-    assert attn._chunking("keys") == (128, 2**22)
+    assert attn._chunking("sharpness") == (512, 2**22, False)
+    assert attn._chunking(None) == (128, 2**22, True)  # normalised after PV (softmax_values)
+    assert attn._chunking("keys") == (128, 2**22, True)
     monkeypatch.setattr(Attention, "chunk_min_elements", 0)
-    assert attn._chunking(None) == (Attention.query_chunk, 0)
+    assert attn._chunking(None) == (Attention.query_chunk, 0, True)
+    monkeypatch.setattr(Attention, "normalise_after_values", False)
+    assert attn._chunking(None) == (Attention.query_chunk, 0, False)
     monkeypatch.setattr(Attention, "chunk_min_elements", 2**28)
     monkeypatch.setattr(Attention, "cpu_block_min_elements", 2**40)
-    assert attn._chunking("sharpness") == (Attention.query_chunk, 2**28)
+    assert attn._chunking("sharpness") == (Attention.query_chunk, 2**28, False)
 
     monkeypatch.setattr(Attention, "cpu_block_min_elements", 2 * 2 * 40 * 40 - 1)  # B=2, H=2, N=40 above
     monkeypatch.setattr(Attention, "cpu_block_rows", 8)
@@ -193,12 +195,47 @@ def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
     assert loops(40) == 1 and loops(39) == 0
 
 
-@pytest.mark.parametrize("need,with_bias", [("sharpness", False), ("sharpness", True)])
+@pytest.mark.parametrize("need,with_bias", [("sharpness", False), ("sharpness", True), ("keys", False),
+                                            ("keys", True)])
 def test_chunked_attention_equals_standard(monkeypatch, need, with_bias):
+    """Chunked = unchunked (outputs, statistic, input gradients); without sharpness the chunks
+    normalise after the value product (softmax_values), the standard path before it."""
     (out_a, aux_a, grad_a), (out_b, aux_b, grad_b) = _attention_pair(monkeypatch, need, with_bias)
     np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux_b, aux_a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad_b, grad_a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_softmax_values_equals_softmax_then_values(with_bias):
+    """softmax_values (normalised after PV) = softmax, then PV: to 1e-13 in float64; in bfloat16 its
+    error against the float64 truth is no larger than the standard path's (both round the weights)."""
+    import jax
+
+    from tldr_jax.models.layers import softmax_values
+    from tldr_jax.numerics import dot_kwargs
+
+    def standard(logits, bias, v):
+        s = logits if bias is None else logits + bias
+        p = jax.nn.softmax(s.astype(jnp.promote_types(s.dtype, jnp.float32)), axis=-1)
+        return jnp.einsum("bhnm,bhmd->bhnd", p.astype(v.dtype), v, **dot_kwargs(v.dtype)).astype(v.dtype)
+
+    keys = jax.random.split(jax.random.key(5), 3)
+    with jax.enable_x64(True):
+        logits = 4.0 * jax.random.normal(keys[0], (2, 3, 40, 300), jnp.float64)
+        v = jax.random.normal(keys[1], (2, 3, 300, 16), jnp.float64)
+        bias = None
+        if with_bias:
+            bias = jnp.log(jax.random.uniform(keys[2], (2, 1, 1, 300), jnp.float64, minval=1, maxval=9))
+        truth = np.asarray(standard(logits, bias, v))
+        np.testing.assert_allclose(np.asarray(jax.jit(softmax_values)(logits, bias, v)), truth, rtol=0,
+                                   atol=1e-13)
+        low = (logits.astype(jnp.float32), None if bias is None else bias.astype(jnp.float32),
+               v.astype(jnp.bfloat16))
+        errors = [np.abs(np.asarray(jax.jit(fn)(*low), np.float64) - truth).max()
+                  for fn in (standard, softmax_values)]
+    assert errors[1] <= 1.25 * errors[0], errors
+    assert 0 < errors[1] < 2e-2, errors  # bfloat16 output: one unit in the last place is 2**-8 here
 
 
 def test_chunked_attention_keeps_golden_parity(monkeypatch, umt_golden_params, golden_f64):
