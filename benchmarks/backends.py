@@ -53,6 +53,8 @@ class Context:
         self.torch_device = "cuda" if device == "gpu" else "cpu"
         #: ``tldr_jax.apply(precision=...)``: TF32 only when asked for on a GPU.
         self.jax_precision = "tensorfloat32" if device == "gpu" and precision == "tf32" else "float32"
+        #: ``precision="bf16"``: ``tldr_jax.apply(dtype=jnp.bfloat16)`` and PyTorch under autocast.
+        self.bf16 = precision == "bf16"
         self.params = tldr_jax.init(seed, spec.arch, **dict(spec.overrides))
         rng = np.random.default_rng(seed)
         c = self.cfg
@@ -108,6 +110,7 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
     """``tldr_jax.apply`` (or a :func:`variant_forward`) on the context's weights and video, compiled
     ahead of time, with XLA's memory and FLOP counts."""
     import jax
+    import jax.numpy as jnp
 
     import tldr_jax
     from benchmarks.xla_flops import xla_flops
@@ -116,12 +119,16 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
     sched = ctx.spec.schedule(label)
     cfg = ctx.cfg
     variant = label.split("|")[1] if "|" in label else None
+    if variant is not None and ctx.bf16:
+        raise ValueError(f"merge variants run in float32 only; got {label!r} with precision bf16")
+    dtype = jnp.bfloat16 if ctx.bf16 else None
 
     def run(tree, video):
         if variant is not None:
             with jax.default_matmul_precision(ctx.jax_precision):
                 return variant_forward(tree, video, cfg=cfg, sched=sched, variant=variant)
-        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, sched, precision=ctx.jax_precision)
+        params = tldr_jax.Params(tree, cfg)
+        out = tldr_jax.apply(params, video, sched, precision=ctx.jax_precision, dtype=dtype)
         return out.tokens, out.pooled
 
     tree = jax.device_put(ctx.params.tree)
@@ -149,14 +156,16 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
     return Prepared(lambda: jax.block_until_ready(compiled(tree, video)), compile_s, info)
 
 
-def _torch_call(model: Any, *args: Any) -> Callable[[], Any]:
-    """A blocking call of ``model(*args)`` without autograd (synchronised when on a CUDA device)."""
+def _torch_call(model: Any, *args: Any, bf16: bool = False) -> Callable[[], Any]:
+    """A blocking call of ``model(*args)`` without autograd (synchronised when on a CUDA device), under
+    ``torch.autocast(..., torch.bfloat16)`` when ``bf16``."""
     import torch
 
     on_cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+    device_type = "cuda" if on_cuda else "cpu"
 
     def call():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             out = model(*args)
         if on_cuda:
             torch.cuda.synchronize()
@@ -178,7 +187,7 @@ def prepare_torch_ref(ctx: Context, label: str, compiled: bool, cache: dict[str,
             cache["ref_compiled"] = torch.compile(cache["ref"], dynamic=False)
     model = cache["ref_compiled"] if compiled else cache["ref"]
     counts = list(ctx.spec.schedule(label).r)
-    return _compile_torch(_torch_call(model, cache["video"], counts), compiled)
+    return _compile_torch(_torch_call(model, cache["video"], counts, bf16=ctx.bf16), compiled)
 
 
 def prepare_hf(ctx: Context, label: str, compiled: bool, cache: dict[str, Any]) -> Prepared:
@@ -205,7 +214,7 @@ def prepare_hf(ctx: Context, label: str, compiled: bool, cache: dict[str, Any]) 
         if compiled:
             cache["hf_compiled"] = torch.compile(model, dynamic=False)
     model = cache["hf_compiled"] if compiled else cache["hf"]
-    prepared = _compile_torch(_torch_call(model, cache["hf_video"]), compiled)
+    prepared = _compile_torch(_torch_call(model, cache["hf_video"], bf16=ctx.bf16), compiled)
     prepared.info["attn_implementation"] = cache["hf_attn"]
     return prepared
 

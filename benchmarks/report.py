@@ -84,13 +84,19 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     gpu = m.get("gpu")
     precision = report["settings"].get("precision", "fp32")
+    products = (
+        "**bfloat16** products (`tldr_jax.apply(dtype=jnp.bfloat16)`: bfloat16 operands, float32 "
+        "accumulation; PyTorch under `torch.autocast(..., torch.bfloat16)`)" if precision == "bf16" else
+        f"float32 matrix products in **{precision}** (`tldr_jax.apply(precision=...)`, PyTorch `allow_tf32`)"
+    )
     gpu_line = [] if not gpu else [
         f"**GPU: {gpu['name']}** ({gpu['memory_gb']} GB, {gpu['multiprocessors']} SMs, CUDA {gpu['cuda']}; "
-        f"JAX device kind {gpu['jax_device_kind']}). Both frameworks on the GPU; float32 matrix products in "
-        f"**{precision}** (`tldr_jax.apply(precision=...)`, PyTorch `allow_tf32`); the merge "
+        f"JAX device kind {gpu['jax_device_kind']}). Both frameworks on the GPU; {products}; the merge "
         "similarity is float32 in both. The host below only launches work; its load does not matter.",
         "",
     ]
+    if precision == "bf16" and not gpu:
+        gpu_line = [f"Both frameworks with {products}.", ""]
     lines = [
         f"# tldr_jax benchmarks ({report['mode']}{', GPU' if gpu else ''})",
         "",

@@ -6,6 +6,8 @@ a ``--budget-min`` time budget). Results go to ``benchmarks/results/<tag>.{json,
 ``--device gpu`` runs the same plan on the first CUDA GPU (both frameworks; more repeats), with
 ``--precision fp32`` (full float32 matrix products in both: tldr_jax's default, the official numerics)
 or ``--precision tf32`` (``tldr_jax.apply(precision="tensorfloat32")`` and PyTorch's ``allow_tf32``).
+``--precision bf16`` (CPU or GPU) runs ``tldr_jax.apply(dtype=jnp.bfloat16)`` against the PyTorch
+models under ``torch.autocast(..., torch.bfloat16)`` (the per-block profile, float32, is skipped).
 The merge similarity is float32 either way.
 
 Backends: :mod:`benchmarks.backends`. What runs: :mod:`benchmarks.plan`. Reports:
@@ -70,10 +72,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="skip groups that would overrun this many minutes (default 15 full, 2 quick)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                         help="where both frameworks run (gpu: the first CUDA device; more repeats)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32"),
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
                         help="GPU float32 matrix products: fp32 (default: full float32 in both, the "
                         "official numerics) or tf32 (tldr_jax.apply(precision='tensorfloat32'), PyTorch "
-                        "allow_tf32). Ignored on CPU")
+                        "allow_tf32; ignored on CPU); bf16 (CPU or GPU): tldr_jax.apply(dtype=bfloat16) "
+                        "against torch.autocast(bfloat16)")
     parser.add_argument("--schedules", default=None,
                         help="comma-separated schedule labels to keep (e.g. r0,msrvtt,solve-40%%)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-block profile")
@@ -129,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(args.device),
         "code": code_version(args.snapshot),
         "settings": {"batches": batches, "backends": list(backends), "budget_s": budget_s,
-                     "device": args.device, "precision": args.precision if gpu else "fp32",
+                     "device": args.device,
+                     "precision": args.precision if gpu or args.precision == "bf16" else "fp32",
                      "torch_threads": torch.get_num_threads(), "omp_wait_policy": args.omp_wait_policy,
                      "isolated_processes": not args.in_process},
         "results": [],
@@ -149,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  "hf_compile": 40.0 if args.quick else 150.0}
     if gpu:
         compile_s = {"jax": 8.0, "torch_ref_compile": 60.0, "hf_compile": 60.0}
-    profile_reserve = 0.0 if args.no_profile else (10.0 if args.quick or gpu else 120.0)
-    profile_done = args.no_profile
+    no_profile = args.no_profile or args.precision == "bf16"  # the profile times float32 pieces
+    profile_reserve = 0.0 if no_profile else (10.0 if args.quick or gpu else 120.0)
+    profile_done = no_profile
     for i, group in enumerate(plan):
         spec = models[group.model]
         elapsed = time.perf_counter() - start

@@ -82,6 +82,42 @@ def test_markdown_names_the_gpu_and_precision():
     assert "GPU" not in cpu_text and cpu_text.count("Machine: Host CPU") == 1
 
 
+def test_markdown_names_bfloat16_on_cpu_and_gpu():
+    from benchmarks.report import markdown
+
+    gpu = {"name": "NVIDIA H200", "memory_gb": 139.8, "multiprocessors": 132, "cuda": "13.0",
+           "jax_device_kind": "NVIDIA H200"}
+    for device in (gpu, None):
+        report = _report(device)
+        report["settings"]["precision"] = "bf16"
+        text = markdown(report)
+        assert "**bfloat16** products" in text and "torch.autocast" in text, device
+        assert "**bf16**" not in text
+
+
+def test_bf16_precision_runs_apply_in_bfloat16_and_pytorch_under_autocast():
+    """``--precision bf16``: tldr_jax runs apply(dtype=bfloat16) (its output moves from the float32
+    one by bfloat16 rounding, not more), PyTorch calls run under autocast, merge variants refuse."""
+    import numpy as np
+    import torch
+
+    from benchmarks.backends import Context, _torch_call, prepare_jax
+    from benchmarks.plan import quick_models
+
+    spec = quick_models()["umt_tiny"]
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        ctx = Context(spec, 1, precision=precision)
+        outputs[precision] = np.asarray(prepare_jax(ctx, "r0").call()[1], np.float64)
+    rel = np.linalg.norm(outputs["bf16"] - outputs["fp32"]) / np.linalg.norm(outputs["fp32"])
+    assert 1e-4 < rel < 5e-2, rel
+    with pytest.raises(ValueError, match="float32 only"):
+        prepare_jax(Context(spec, 1, precision="bf16"), "r0|slice")
+    layer = torch.nn.Linear(4, 4)
+    assert _torch_call(layer, torch.ones(1, 4), bf16=True)().dtype == torch.bfloat16
+    assert _torch_call(layer, torch.ones(1, 4))().dtype == torch.float32
+
+
 def _probe_result(r0_ms, merged_ms=None):
     rows = [{"schedule": "r0", "latency_s": r0_ms / 1e3, "compile_s": 2.0}]
     if merged_ms is not None:

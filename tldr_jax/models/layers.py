@@ -239,10 +239,11 @@ def softmax_values(logits: Array, bias: Array | None, v: Array) -> Array:
 
     Returns:
       ``(B, H, C, Dh)`` in ``v``'s dtype: ``(e @ v) / sum(e)`` with ``e = exp(s - max s)`` rounded to
-      ``v``'s dtype (so the weights are the ones summed: each row stays an exact convex combination),
-      ``s = logits + bias`` in float32 / float64. The same function as the softmax followed by ``PV``
-      up to float rounding, with one pass over the ``(C, N)`` weights fewer: measured 15-20 % faster
-      per layer in the CPU chunks (README), so it serves the layers that need no sharpness there.
+      ``v``'s dtype (the normaliser sums the very weights that multiply ``v``, and XLA computes the
+      exponentials once for both), ``s = logits + bias`` in float32 / float64. The same function as the
+      softmax followed by ``PV`` up to float rounding, with one pass over the ``(C, N)`` weights fewer:
+      measured 10-15 % faster per layer in the CPU chunks (README), so it serves the layers that need
+      no sharpness there.
     """
     acc = acc_dtype(logits.dtype)
     s = logits.astype(acc) if bias is None else (logits + bias).astype(acc)
