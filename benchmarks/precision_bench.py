@@ -17,7 +17,10 @@ per precision in JAX and PyTorch (the machine's attainable GEMM peak), the model
 (``tldr_jax.flops``, 2 FLOP per multiply-add) against it, and, for tldr_jax, where the time goes
 (GEMMs, attention core split into ``QK^T`` / softmax / ``PV``, LayerNorm, GELU, the merge), each piece
 timed on its own at every layer's token count and summed over the schedule. Writes
-``benchmarks/results/precision{,_quick}.{json,md}``.
+``benchmarks/results/precision{,_quick}.{json,md}``. Runs with glibc's malloc keeping freed memory
+(``--malloc tuned``, the default: :func:`benchmarks.machine.tune_malloc`); without it the official
+PyTorch forward pays page faults on every large tensor and its times move with whatever else ran in
+the process (README).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks.machine import basic_info, code_version
+from benchmarks.machine import basic_info, code_version, tune_malloc
 from benchmarks.report import RESULTS_DIR
 
 __all__ = ["gemm_calls", "gemm_rates", "main", "profile_split"]
@@ -196,7 +199,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 3; quick 2)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-piece profile")
     parser.add_argument("--out", default=None, help="output stem (default results/precision[_quick])")
+    parser.add_argument("--malloc", default="tuned", choices=("tuned", "default"),
+                        help="tuned (default): keep freed memory in the process (machine.tune_malloc), as "
+                        "a caching allocator would; default: glibc as it comes (PyTorch then pays page "
+                        "faults on every large tensor)")
     args = parser.parse_args(argv)
+    malloc_tuned = args.malloc == "tuned" and tune_malloc()
     import jax
     import jax.numpy as jnp
     import torch
@@ -276,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {
         "machine": basic_info(), "code": code_version(), "jax": jax.__version__, "torch": torch.__version__,
         "model": "umt_b16" + (" (tiny)" if args.quick else ""), "schedule": str(r),
+        "malloc": "tuned" if malloc_tuned else "default",
         "tokens": list(sched.tokens),
         "gmacs": macs / 1e9, "rounds": rounds, "timing": timing, "gemm": gemm, "gemm_shape": gemm_shape,
         "profile": profile,
@@ -303,6 +312,7 @@ def report(result: dict[str, Any]) -> str:
         f"{m.get('cpu')}, {m.get('cores') or m.get('cpu_count')} cores; jax {result['jax']}, "
         f"torch {result['torch']}; code {result['code'].get('git_head')}"
         f"{' (dirty)' if result['code'].get('tldr_jax_dirty') else ''}; {result['gmacs']:.1f} GMACs; "
+        f"malloc {result.get('malloc', 'default')} (machine.tune_malloc); "
         f"medians of {result['rounds']} round-robin rounds; load average (1 min) during the rounds "
         f"{min(next(iter(t.values()))['loadavg_1m']):.2f}-{max(next(iter(t.values()))['loadavg_1m']):.2f}.",
         "",

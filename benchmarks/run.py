@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.backends import run_group
-from benchmarks.machine import code_version, configure_device, machine_info, snapshot_sources
+from benchmarks.machine import code_version, configure_device, machine_info, snapshot_sources, tune_malloc
 from benchmarks.plan import (
     BACKENDS,
     Group,
@@ -77,6 +77,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "official numerics) or tf32 (tldr_jax.apply(precision='tensorfloat32'), PyTorch "
                         "allow_tf32; ignored on CPU); bf16 (CPU or GPU): tldr_jax.apply(dtype=bfloat16) "
                         "against torch.autocast(bfloat16)")
+    parser.add_argument("--malloc", default="tuned", choices=("tuned", "default"),
+                        help="tuned (default): workers keep freed memory (benchmarks.machine.tune_malloc: "
+                        "glibc's mmap/trim thresholds at 1 GiB), as a caching allocator would; default: "
+                        "glibc as it comes, which makes PyTorch pay page faults on every large tensor")
     parser.add_argument("--schedules", default=None,
                         help="comma-separated schedule labels to keep (e.g. r0,msrvtt,solve-40%%)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-block profile")
@@ -135,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "device": args.device,
                      "precision": args.precision if gpu or args.precision == "bf16" else "fp32",
                      "torch_threads": torch.get_num_threads(), "omp_wait_policy": args.omp_wait_policy,
+                     "malloc": args.malloc,
                      "isolated_processes": not args.in_process},
         "results": [],
         "skipped": [],
@@ -235,7 +240,8 @@ def _isolated(kind: str, args: argparse.Namespace, log: Callable[[str], None], *
     pools and ``torch.compile`` caches do not carry over.
     ``--in-process`` runs everything in this process instead (for debugging).
     """
-    job = {"kind": kind, "quick": args.quick, "device": args.device, "precision": args.precision, **job}
+    job = {"kind": kind, "quick": args.quick, "device": args.device, "precision": args.precision,
+           "malloc": args.malloc, **job}
     if args.in_process:
         return _work(job, log)
     env = {} if args.omp_wait_policy == "unset" else {"OMP_WAIT_POLICY": args.omp_wait_policy}
@@ -247,6 +253,8 @@ def _work(job: dict[str, Any], log: Callable[[str], None]) -> Any:
     device, precision = job.get("device", "cpu"), job.get("precision", "fp32")
     uses_torch = job["kind"] == "group" and job["group"]["backend"] != "jax"
     configure_device(device, precision, use_torch=uses_torch)
+    if job.get("malloc", "tuned") == "tuned":
+        tune_malloc()
     models = quick_models() if job["quick"] else full_models()
     if job["kind"] == "group":
         group = Group(**{**job["group"], "labels": tuple(job["group"]["labels"])})

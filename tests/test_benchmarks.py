@@ -82,6 +82,24 @@ def test_markdown_names_the_gpu_and_precision():
     assert "GPU" not in cpu_text and cpu_text.count("Machine: Host CPU") == 1
 
 
+def test_malloc_is_tuned_by_default_and_recorded():
+    """Both benchmarks keep freed memory unless told otherwise (PyTorch's page faults, README)."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    from benchmarks.run import parse_args
+
+    assert parse_args([]).malloc == "tuned" and parse_args(["--malloc", "default"]).malloc == "default"
+    with pytest.raises(SystemExit):
+        parse_args(["--malloc", "jemalloc"])
+    if ctypes.util.find_library("c") is None:
+        pytest.skip("no C library to tune")
+    code = "from benchmarks.machine import tune_malloc; print(tune_malloc(), tune_malloc(2**20))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_markdown_names_bfloat16_on_cpu_and_gpu():
     from benchmarks.report import markdown
 

@@ -354,6 +354,7 @@ def test_precision_bench_quick(tmp_path):
     report = (tmp_path / "p.md").read_text()
     assert "| tldr_jax bf16 / official bf16 |" in report
     assert "| tldr_jax bf16, weights cast once / official bf16 |" in report
+    assert result["malloc"] == "tuned" and "malloc tuned" in report
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
