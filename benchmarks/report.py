@@ -89,18 +89,18 @@ def markdown(report: dict[str, Any]) -> str:
         "accumulation; PyTorch under `torch.autocast(..., torch.bfloat16)`)" if precision == "bf16" else
         f"float32 matrix products in **{precision}** (`tldr_jax.apply(precision=...)`, PyTorch `allow_tf32`)"
     )
-    gpu_line = [] if not gpu else [
+    where_lines = [] if not gpu else [
         f"**GPU: {gpu['name']}** ({gpu['memory_gb']} GB, {gpu['multiprocessors']} SMs, CUDA {gpu['cuda']}; "
         f"JAX device kind {gpu['jax_device_kind']}). Both frameworks on the GPU; {products}; the merge "
         "similarity is float32 in both. The host below only launches work; its load does not matter.",
         "",
     ]
     if precision == "bf16" and not gpu:
-        gpu_line = [f"Both frameworks with {products}.", ""]
+        where_lines = [f"Both frameworks with {products}.", ""]
     lines = [
         f"# tldr_jax benchmarks ({report['mode']}{', GPU' if gpu else ''})",
         "",
-        *gpu_line,
+        *where_lines,
         f"{'Host' if gpu else 'Machine'}: {m['cpu_model']} ({m['cpu_family_model']}, "
         f"{m['cpus_usable']} usable CPUs, "
         f"{', '.join(m['cpu_flags'])}), {m['mem_total_gb']} GB RAM; load average at start "
