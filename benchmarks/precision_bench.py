@@ -16,7 +16,9 @@ rounds, with the load average. Also measured: a GEMM probe (2352 x 768 x 3072, t
 per precision in JAX and PyTorch (the machine's attainable GEMM peak), the model's achieved FLOP/s
 (``tldr_jax.flops``, 2 FLOP per multiply-add) against it, and, for tldr_jax, where the time goes
 (GEMMs, attention core split into ``QK^T`` / softmax / ``PV``, LayerNorm, GELU, the merge), each piece
-timed on its own at every layer's token count and summed over the schedule. Writes
+timed on its own at every layer's token count and summed over the schedule; and the ceiling
+(:mod:`benchmarks.ceiling`): the least time any program computing this forward could take at this
+machine's best measured rates, hence the largest speed-up over the official code this machine allows. Writes
 ``benchmarks/results/precision{,_quick}.{json,md}``. Runs with glibc's malloc keeping freed memory
 (``--malloc tuned``, the default: :func:`benchmarks.machine.tune_malloc`); without it the official
 PyTorch forward pays page faults on every large tensor and its times move with whatever else ran in
@@ -36,7 +38,7 @@ from typing import Any
 from benchmarks.machine import basic_info, code_version, tune_malloc
 from benchmarks.report import RESULTS_DIR
 
-__all__ = ["gemm_calls", "gemm_rates", "main", "profile_split"]
+__all__ = ["ceilings", "gemm_calls", "gemm_peaks", "gemm_rates", "main", "profile_split"]
 
 GEMM_SHAPE = (2352, 768, 3072)
 
@@ -93,6 +95,32 @@ def gemm_rates(timing: dict[str, dict[str, Any]], shape: tuple[int, int, int], r
             med, best = row["median_s"] / repeat, min(row["times_s"]) / repeat
             out[name[5:]] = {"median_s": med, "best_s": best, "gflops": flop / med / 1e9,
                              "best_gflops": flop / best / 1e9}
+    return out
+
+
+def gemm_peaks(gemm: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{"f32": GFLOP/s, "bf16": GFLOP/s}``: the best GEMM of :func:`gemm_rates` per precision, either
+    framework."""
+    best = {name: row["best_gflops"] for name, row in gemm.items()}
+    return {"f32": max(best["jax f32"], best["torch f32"]),
+            "bf16": max(best["jax bf16 (f32 accumulation)"], best["torch bf16"])}
+
+
+def ceilings(params: Any, r: Any, gemm: dict[str, dict[str, float]], repeats: int = 5) -> dict[str, Any]:
+    """Per precision, :func:`benchmarks.ceiling.lower_bound` of the forward's time at this machine's best
+    measured rates (GEMM peak from ``gemm``, attention products and ``exp`` probed now)."""
+    import tldr_jax
+    from benchmarks.ceiling import lower_bound, probe_rates
+    from tldr_jax.flops import flops_breakdown
+
+    cfg = params.config
+    breakdown = flops_breakdown(params, r=r)
+    tokens = tldr_jax.schedule(params, r).tokens[:-1]
+    out = {}
+    for precision, peak in gemm_peaks(gemm).items():
+        rates = probe_rates(tokens, cfg.num_heads, cfg.head_dim, precision, repeats=repeats)
+        rates["gemm"] = peak
+        out[precision] = {"bound": lower_bound(breakdown, cfg.num_heads, rates), "rates": rates}
     return out
 
 
@@ -277,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         row["gflops_per_s"] = 2 * macs / row["median_s"] / 1e9
         row["best_gflops_per_s"] = 2 * macs / min(row["times_s"]) / 1e9
         row.update(compile_info.get(name, {}))
+    ceiling = ceilings(params, r, gemm)
     profile = {}
     if not args.no_profile:
         profile = {"f32": profile_split(params, video, r, None),
@@ -287,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "malloc": "tuned" if malloc_tuned else "default",
         "tokens": list(sched.tokens),
         "gmacs": macs / 1e9, "rounds": rounds, "timing": timing, "gemm": gemm, "gemm_shape": gemm_shape,
-        "profile": profile,
+        "profile": profile, "ceiling": ceiling,
         "loadavg_end": os.getloadavg(),
     }
     stem = args.out or str(RESULTS_DIR / ("precision_quick" if args.quick else "precision"))
@@ -303,8 +332,7 @@ def report(result: dict[str, Any]) -> str:
     """The markdown tables of a :func:`main` result."""
     t = result["timing"]
     g = result["gemm"]
-    peak = {"f32": max(g["jax f32"]["best_gflops"], g["torch f32"]["best_gflops"]),
-            "bf16": max(g["jax bf16 (f32 accumulation)"]["best_gflops"], g["torch bf16"]["best_gflops"])}
+    peak = gemm_peaks(g)
     m = result["machine"]
     lines = [
         f"# float32 / bfloat16: {result['model']}, schedule {result['schedule']}, batch 1",
@@ -348,6 +376,7 @@ def report(result: dict[str, Any]) -> str:
     for name, row in g.items():
         lines.append(f"| {name} | {1e3 * row['median_s']:.1f} | {row['gflops']:.0f} | "
                      f"{row['best_gflops']:.0f} |")
+    lines += _ceiling_lines(result)
     if result["profile"]:
         lines += ["", "tldr_jax, where the time goes (each piece jitted alone at each layer's token count, "
                   "summed over the schedule; s):", "", "| piece | f32 | bf16 |", "|---|---:|---:|"]
@@ -355,6 +384,36 @@ def report(result: dict[str, Any]) -> str:
         for name in prof["f32"]:
             lines.append(f"| {name} | {prof['f32'][name]:.3f} | {prof['bf16'][name]:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _ceiling_lines(result: dict[str, Any]) -> list[str]:
+    """The report's table of :func:`ceilings`: the fastest forward this machine allows, per precision."""
+    ceiling = result.get("ceiling")
+    if not ceiling:
+        return []
+    t = result["timing"]
+    lines = ["", "Ceiling (benchmarks.ceiling): the forward's time if every linear layer ran at the best "
+             "GEMM above, every QK^T / PV at the best rate measured for its token count and every attention "
+             "logit's exp at the best exp rate, JAX or PyTorch, nothing overlapped, norms / GELU / "
+             "reductions / merge free:", "",
+             "| precision | linear s | QK^T s | PV s | exp s | bound s | official median s | "
+             "at most x official | target | tldr_jax median s | tldr_jax / bound |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    names = {"f32": ("official f32", "tldr_jax f32"), "bf16": ("official bf16 (autocast)", "tldr_jax bf16")}
+    for precision, row in ceiling.items():
+        b = row["bound"]
+        official, ours = (t[n]["median_s"] for n in names[precision])
+        most = official / b["total_s"]
+        verdict = f">= 1.5x: {'within reach' if most >= 1.5 else 'out of reach on this machine'}"
+        lines.append(f"| {precision} | {b['linear_s']:.3f} | {b['qk_s']:.3f} | {b['pv_s']:.3f} | "
+                     f"{b['exp_s']:.3f} | {b['total_s']:.3f} | {official:.3f} | {most:.2f}x | {verdict} | "
+                     f"{ours:.3f} | {ours / b['total_s']:.2f}x |")
+    lines += ["", "Rates behind it (GFLOP/s; exp in G elements/s): " + "; ".join(
+        f"{p}: GEMM {row['rates']['gemm']:.0f}, exp {row['rates']['exp']:.2f}, QK^T "
+        + ", ".join(f"N={n} {v:.0f}" for n, v in row["rates"]["qk"].items()) + ", PV "
+        + ", ".join(f"N={n} {v:.0f}" for n, v in row["rates"]["pv"].items())
+        for p, row in ceiling.items())]
+    return lines
 
 
 if __name__ == "__main__":

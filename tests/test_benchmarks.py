@@ -214,3 +214,38 @@ def test_variants_replace_the_merge_step_of_the_encoder():
         assert (float(sharp_sum) != 0) == (variant == "sharpness+slice"), variant
     with pytest.raises(ValueError, match="variant"):
         variant_forward(params.tree, video, cfg=params.config, sched=sched, variant="x")
+
+
+def test_ceiling_lower_bound_adds_each_kind_of_work_at_its_rate():
+    """The bound is linear FLOPs at the GEMM rate + N^2 D per layer at the QK^T / PV rates of that N +
+    H N^2 exps; norms and merge count as free (computed here from the schedule, not the breakdown)."""
+    import tldr_jax
+    from benchmarks.ceiling import lower_bound
+    from tldr_jax.flops import flops_breakdown
+
+    params = tldr_jax.init(0, "umt_b16", depth=3, embed_dim=64, num_heads=2, mlp_dim=128, num_frames=4,
+                           img_size=32)
+    cfg, r = params.config, (6, 4, 0)
+    tokens = tldr_jax.schedule(params, r).tokens[:-1]
+    assert len(set(tokens)) == 3
+    bd = flops_breakdown(params, r=r)
+    rates = {"gemm": 2.0, "qk": {n: 4.0 for n in tokens}, "pv": {n: 8.0 for n in tokens}, "exp": 0.5}
+    got = lower_bound(bd, cfg.num_heads, rates)
+    attn = sum(n * n * cfg.embed_dim for n in tokens)  # MACs of QK^T (and of PV) over the layers
+    assert got["qk_s"] == pytest.approx(2 * attn / 4e9, rel=1e-12)
+    assert got["pv_s"] == pytest.approx(2 * attn / 8e9, rel=1e-12)
+    assert got["exp_s"] == pytest.approx(sum(cfg.num_heads * n * n for n in tokens) / 0.5e9, rel=1e-12)
+    other = bd["components"]["norm"] + bd["components"]["merge"]  # norm holds the final and pool norms
+    linear = bd["total"] - 2 * attn - other
+    assert got["linear_s"] == pytest.approx(2 * linear / 2e9, rel=1e-12)
+    assert got["total_s"] == pytest.approx(got["linear_s"] + got["qk_s"] + got["pv_s"] + got["exp_s"])
+    del rates["qk"][tokens[1]]
+    with pytest.raises(KeyError, match=f"no qk rate for N = {tokens[1]} tokens"):
+        lower_bound(bd, cfg.num_heads, rates)
+
+
+def test_ceiling_probe_rejects_an_unknown_precision():
+    from benchmarks.ceiling import probe_rates
+
+    with pytest.raises(ValueError, match="precision must be 'f32' or 'bf16', got 'fp8'"):
+        probe_rates([16], 2, 8, "fp8")

@@ -355,6 +355,15 @@ def test_precision_bench_quick(tmp_path):
     assert "| tldr_jax bf16 / official bf16 |" in report
     assert "| tldr_jax bf16, weights cast once / official bf16 |" in report
     assert result["malloc"] == "tuned" and "malloc tuned" in report
+    tokens = set(tldr_jax.schedule(tldr_jax.init(0, "umt_b16", depth=2, embed_dim=64, num_heads=2,
+                                                 mlp_dim=128, num_frames=4, img_size=32), (4, 4)).tokens[:-1])
+    for precision in ("f32", "bf16"):
+        ceiling = result["ceiling"][precision]
+        assert set(ceiling["rates"]["qk"]) == set(ceiling["rates"]["pv"]) == tokens
+        assert ceiling["rates"]["gemm"] == precision_bench.gemm_peaks(result["gemm"])[precision]
+        parts = [ceiling["bound"][k] for k in ("linear_s", "qk_s", "pv_s", "exp_s")]
+        assert all(p > 0 for p in parts) and ceiling["bound"]["total_s"] == pytest.approx(sum(parts))
+    assert "Ceiling (benchmarks.ceiling)" in report and "| bf16 |" in report
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
