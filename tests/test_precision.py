@@ -162,9 +162,11 @@ def _attention_pair(monkeypatch, need, with_bias):
 
 
 def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
-    """On CPU, layers above ``cpu_block_min_elements`` run in query chunks: 512 rows where the vid-TLDR
-    sharpness is computed, 128 elsewhere; a smaller ``chunk_min_elements`` (the memory guard) and its
-    ``query_chunk`` still win; the chunked program has a loop, the small one none."""
+    """On CPU, layers above ``cpu_block_min_elements`` run in query chunks of ``cpu_head_rows`` (512)
+    rows, one head at a time; with ``cpu_head_rows = None`` all heads at once, 512 rows where the
+    vid-TLDR sharpness is computed and 128 elsewhere; a smaller ``chunk_min_elements`` (the memory
+    guard) and its ``query_chunk`` still win; the chunked program has a loop (two: chunks, heads),
+    the small one none."""
     import jax
     from flax import nnx
 
@@ -173,26 +175,62 @@ def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
     assert jax.default_backend() == "cpu"
     cfg = get_config("umt_b16", embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
     attn = Attention(cfg, rngs=nnx.Rngs(0))
-    assert attn._chunking("sharpness") == (512, 2**22, False)
-    assert attn._chunking(None) == (128, 2**22, True)  # normalised after PV (softmax_values)
-    assert attn._chunking("keys") == (128, 2**22, True)
+    assert attn._chunking("sharpness") == (512, 2**22, False, True)
+    assert attn._chunking(None) == (512, 2**22, True, True)  # normalised after PV (softmax_values)
+    monkeypatch.setattr(Attention, "cpu_head_rows", None)
+    assert attn._chunking("sharpness") == (512, 2**22, False, False)
+    assert attn._chunking(None) == (128, 2**22, True, False)
+    assert attn._chunking("keys") == (128, 2**22, True, False)
     monkeypatch.setattr(Attention, "chunk_min_elements", 0)
-    assert attn._chunking(None) == (Attention.query_chunk, 0, True)
+    assert attn._chunking(None) == (Attention.query_chunk, 0, True, False)
     monkeypatch.setattr(Attention, "normalise_after_values", False)
-    assert attn._chunking(None) == (Attention.query_chunk, 0, False)
+    assert attn._chunking(None) == (Attention.query_chunk, 0, False, False)
+    monkeypatch.setattr(Attention, "cpu_head_rows", 64)
+    assert attn._chunking(None) == (Attention.query_chunk, 0, False, True)  # the guard's rows win
     monkeypatch.setattr(Attention, "chunk_min_elements", 2**28)
     monkeypatch.setattr(Attention, "cpu_block_min_elements", 2**40)
-    assert attn._chunking("sharpness") == (Attention.query_chunk, 2**28, False)
+    assert attn._chunking("sharpness") == (Attention.query_chunk, 2**28, False, True)
 
     monkeypatch.setattr(Attention, "cpu_block_min_elements", 2 * 2 * 40 * 40 - 1)  # B=2, H=2, N=40 above
-    monkeypatch.setattr(Attention, "cpu_block_rows", 8)
+    monkeypatch.setattr(Attention, "cpu_head_rows", 8)
     x = jax.random.normal(jax.random.key(0), (2, 40, 32))
 
     def loops(n: int) -> int:
         jaxpr = jax.make_jaxpr(lambda y: attn(y, None, None)[0])(x[:, :n])
         return str(jaxpr).count("scan[")
 
+    assert loops(40) == 2 and loops(39) == 0
+    monkeypatch.setattr(Attention, "cpu_head_rows", None)
+    monkeypatch.setattr(Attention, "cpu_block_rows", 8)
     assert loops(40) == 1 and loops(39) == 0
+
+
+@pytest.mark.parametrize("need", ["sharpness", None])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_heads_one_by_one_equals_all_heads_in_float64(need, with_bias):
+    """Chunks attended one head at a time (``per_head``) give the all-heads chunks' output and
+    sharpness to float64 rounding (N = 37, chunks of 8, 3 heads), with and without the size bias."""
+    import jax
+
+    from tldr_jax.models.layers import _attend
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    with jax.enable_x64(True):
+        q, k, v = (jax.random.normal(kk, (2, 3, 37, 8), jnp.float64) for kk in keys[:3])
+        bias = None
+        if with_bias:
+            bias = jnp.log(jax.random.uniform(keys[3], (2, 1, 1, 37), jnp.float64, minval=1, maxval=5))
+        kw = dict(need_sharpness=need == "sharpness", query_chunk=8, chunk_min_elements=0,
+                  normalise_after=need is None)
+        out_a, sharp_a = jax.jit(lambda *a: _attend(*a, **kw, per_head=False))(q, k, v, bias)
+        out_b, sharp_b = jax.jit(lambda *a: _attend(*a, **kw, per_head=True))(q, k, v, bias)
+    assert out_b.shape == out_a.shape == (2, 3, 37, 8) and out_b.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(out_b), np.asarray(out_a), rtol=0, atol=1e-13)
+    if need == "sharpness":
+        assert sharp_b.shape == (2, 37)
+        np.testing.assert_allclose(np.asarray(sharp_b), np.asarray(sharp_a), rtol=0, atol=1e-13)
+    else:
+        assert sharp_a is None and sharp_b is None
 
 
 @pytest.mark.parametrize("need,with_bias", [("sharpness", False), ("sharpness", True), ("keys", False),

@@ -74,11 +74,15 @@ class Attention(nnx.Module):
     runs in chunks (default ``2**28`` elements = 1 GiB in float32: UMT-B/16 at 32 frames chunks).
     On CPU the chunks also serve as cache blocking (a chunk's logits, softmax and ``PV`` stay closer to
     the cores): above ``cpu_block_min_elements`` (``2**22``; UMT-B layers above ~590 tokens) layers
-    that compute the vid-TLDR sharpness run in chunks of ``cpu_block_rows_sharpness`` (512) rows and
-    the others in chunks of ``cpu_block_rows`` (128), the sizes measured fastest for each (README,
-    "bfloat16, attention variants and the compilation cache"); the result equals the unchunked one up
-    to float rounding. In chunks on CPU, layers that need no sharpness normalise after the value
-    product while ``normalise_after_values`` is True (default; see :func:`softmax_values`).
+    run in chunks of ``cpu_head_rows`` (512) query rows, one head at a time (a ``lax.scan`` over the
+    heads inside each chunk, summing the head mean of the sharpness in order), so one ``(rows, N)``
+    block of logits is alive at a time. ``cpu_head_rows = None`` restores the previous blocking, all
+    heads at once: chunks of ``cpu_block_rows_sharpness`` (512) rows where the vid-TLDR sharpness is
+    computed and ``cpu_block_rows`` (128) elsewhere. Each choice was measured fastest of its kind
+    (README, "bfloat16, attention variants and the compilation cache"); the result equals the
+    unchunked one up to float rounding. In chunks on CPU, layers that need no sharpness normalise
+    after the value product while ``normalise_after_values`` is True (default; see
+    :func:`softmax_values`).
     ``key_block`` (default None: off) switches to :func:`attend_blocked` with that many keys per block
     when ``N`` exceeds it: no ``(B, H, N, N)`` tensor, the same result up to float rounding; measured
     slower than the standard path on CPU (see the README), so it is opt-in. ``fused`` decides where
@@ -93,6 +97,7 @@ class Attention(nnx.Module):
     cpu_block_min_elements: int = 2**22
     cpu_block_rows_sharpness: int = 512
     cpu_block_rows: int = 128
+    cpu_head_rows: int | None = 512
     key_block: int | None = None
     fused: bool | None = None
     normalise_after_values: bool = True
@@ -107,15 +112,19 @@ class Attention(nnx.Module):
             self.v_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
         self.proj = nnx.Linear(d, d, rngs=rngs)
 
-    def _chunking(self, need: Need) -> tuple[int, int, bool]:
-        """``(rows per chunk, threshold in elements of (B, H, N, N), normalise after PV)`` for a layer
-        that needs ``need``; the last applies to the chunks only."""
+    def _chunking(self, need: Need) -> tuple[int, int, bool, bool]:
+        """``(rows per chunk, threshold in elements of (B, H, N, N), normalise after PV, one head at a
+        time)`` for a layer that needs ``need``; the last two apply to the chunks only."""
         rows, threshold = int(self.query_chunk), int(self.chunk_min_elements)
         cpu = jax.default_backend() == "cpu"
+        per_head = cpu and self.cpu_head_rows is not None
         if cpu and self.cpu_block_min_elements < threshold:
             threshold = int(self.cpu_block_min_elements)
-            rows = int(self.cpu_block_rows_sharpness if need == "sharpness" else self.cpu_block_rows)
-        return rows, threshold, cpu and bool(self.normalise_after_values) and need != "sharpness"
+            if per_head:
+                rows = int(self.cpu_head_rows)
+            else:
+                rows = int(self.cpu_block_rows_sharpness if need == "sharpness" else self.cpu_block_rows)
+        return rows, threshold, cpu and bool(self.normalise_after_values) and need != "sharpness", per_head
 
     def __call__(
         self, x: Array, log_size: Array | None = None, need: Need = None
@@ -149,7 +158,7 @@ class Attention(nnx.Module):
             q, k, v = q.astype(low), k.astype(low), v.astype(low)
         bias = None if log_size is None else log_size[:, None, None, :].astype(acc_dtype(q.dtype))
         block = self.key_block
-        rows, threshold, after = self._chunking(need)
+        rows, threshold, after, per_head = self._chunking(need)
         if need is None and _use_fused(self.fused, q, rows, threshold):
             out, sharp = fused_attention(q, k, v, bias), None
         elif block is not None and q.shape[2] > int(block):
@@ -164,6 +173,7 @@ class Attention(nnx.Module):
                 query_chunk=rows,
                 chunk_min_elements=threshold,
                 normalise_after=after,
+                per_head=per_head,
             )
         stats = {"sharpness": sharp} if need == "sharpness" else {}
         if need == "keys":
@@ -181,6 +191,7 @@ def _attend(
     query_chunk: int,
     chunk_min_elements: int,
     normalise_after: bool = False,
+    per_head: bool = False,
 ) -> tuple[Array, Array | None]:
     """Softmax attention with an optional key bias and the pre-bias vid-TLDR sharpness.
 
@@ -192,41 +203,89 @@ def _attend(
         ``B * H * N * N`` exceeds ``chunk_min_elements``.
       normalise_after: in those chunks, without sharpness, compute the output with
         :func:`softmax_values` (normalised after the value product).
+      per_head: in those chunks, attend one head at a time (:func:`_heads_one_by_one`).
 
     Returns:
       ``(out (B, H, N, Dh), sharpness (B, N) or None)``.
     """
-    def rows(q_rows: Array, after: bool = False) -> tuple[Array, Array | None]:
-        # (B, H, C, Dh) queries -> ((B, H, C, Dh) attention output, (B, C) sharpness or None).
-        logits = jnp.einsum("bhnd,bhmd->bhnm", q_rows, k, **dot_kwargs(k.dtype))  # float32 in low precision
-        if after and not need_sharpness:
-            return softmax_values(logits, bias, v), None
-        probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
-        sharp = sharpness_from_mean(jnp.mean(probs, axis=1)) if need_sharpness else None
-        if bias is not None:  # proportional attention; the sharpness is taken before the bias
-            probs = jax.nn.softmax((logits + bias).astype(acc_dtype(logits.dtype)), axis=-1)
-        elif need_sharpness:
-            # Same values, computed a second time on purpose: when one softmax feeds both the head
-            # mean and the value product, XLA CPU fuses them badly (the fused program is several
-            # times slower); the barrier keeps the two softmaxes apart.
-            barrier = jax.lax.optimization_barrier(logits)
-            probs = jax.nn.softmax(barrier.astype(acc_dtype(logits.dtype)), axis=-1)
-        out = jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v, **dot_kwargs(v.dtype))
-        return out.astype(v.dtype), sharp
-
     bsz, heads, n, dh = q.shape
     if bsz * heads * n * n <= chunk_min_elements or query_chunk >= n:
-        return rows(q)
+        out, head_sum = _block(q, k, v, bias, need_sharpness=need_sharpness)
+        return out, None if head_sum is None else sharpness_from_mean(head_sum / heads)
     num = math.ceil(n / query_chunk)  # static chunk count; equal chunks, a multiple of 8 rows
     chunk = 8 * math.ceil(math.ceil(n / num) / 8)
     num = math.ceil(n / chunk)
     q_pad = jnp.pad(q, ((0, 0), (0, 0), (0, num * chunk - n), (0, 0)))  # padded rows dropped below
     q_chunks = jnp.moveaxis(q_pad.reshape(bsz, heads, num, chunk, dh), 2, 0)
-    chunk_rows = functools.partial(rows, after=normalise_after)
+    if per_head:
+        chunk_rows = functools.partial(_heads_one_by_one, k=jnp.moveaxis(k, 1, 0), v=jnp.moveaxis(v, 1, 0),
+                                       bias=bias, need_sharpness=need_sharpness, after=normalise_after)
+    else:
+        def chunk_rows(q_rows: Array) -> tuple[Array, Array | None]:
+            out, head_sum = _block(q_rows, k, v, bias, need_sharpness=need_sharpness, after=normalise_after)
+            return out, None if head_sum is None else sharpness_from_mean(head_sum / heads)
     out, sharp = jax.lax.map(jax.checkpoint(chunk_rows), q_chunks)  # (num, B, H, C, Dh), (num, B, C)
     out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
     sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
     return out, sharp
+
+
+def _block(
+    q: Array, k: Array, v: Array, bias: Array | None, *, need_sharpness: bool, after: bool = False
+) -> tuple[Array, Array | None]:
+    """One block of queries against all keys.
+
+    Args:
+      q: ``(B, h, C, Dh)`` scaled queries; ``k``, ``v``: ``(B, h, N, Dh)``; ``bias``: ``(B or 1, 1, 1, N)``
+        or None.
+      need_sharpness: also return the head sum of the softmax taken *before* the bias.
+      after: without sharpness, normalise after the value product (:func:`softmax_values`).
+
+    Returns:
+      ``(out (B, h, C, Dh) in v's dtype, (B, C, N) sum over the h heads of the pre-bias softmax, or None)``.
+    """
+    logits = jnp.einsum("bhnd,bhmd->bhnm", q, k, **dot_kwargs(k.dtype))  # float32 in low precision
+    if after and not need_sharpness:
+        return softmax_values(logits, bias, v), None
+    probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
+    head_sum = jnp.sum(probs, axis=1) if need_sharpness else None
+    if bias is not None:  # proportional attention; the sharpness is taken before the bias
+        probs = jax.nn.softmax((logits + bias).astype(acc_dtype(logits.dtype)), axis=-1)
+    elif need_sharpness:
+        # Same values, computed a second time on purpose: when one softmax feeds both the head sum
+        # and the value product, XLA CPU fuses them badly (the fused program is several times
+        # slower); the barrier keeps the two softmaxes apart.
+        barrier = jax.lax.optimization_barrier(logits)
+        probs = jax.nn.softmax(barrier.astype(acc_dtype(logits.dtype)), axis=-1)
+    out = jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v, **dot_kwargs(v.dtype))
+    return out.astype(v.dtype), head_sum
+
+
+def _heads_one_by_one(
+    q: Array, *, k: Array, v: Array, bias: Array | None, need_sharpness: bool, after: bool
+) -> tuple[Array, Array | None]:
+    """:func:`_block` for each head in turn (``lax.scan``): a ``(C, N)`` block of logits at a time.
+
+    Args:
+      q: ``(B, H, C, Dh)`` scaled queries; ``k``, ``v``: ``(H, B, N, Dh)`` (heads first).
+      bias, need_sharpness, after: as :func:`_block`.
+
+    Returns:
+      ``(out (B, H, C, Dh), sharpness (B, C) or None)``; the head mean of the pre-bias softmax is
+      summed head by head in order, as ``jnp.mean`` over the head axis sums it.
+    """
+    bsz, heads, rows, _ = q.shape
+
+    def head(total: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+        qh, kh, vh = (a[:, None] for a in xs)  # (B, 1, ., Dh)
+        out, head_sum = _block(qh, kh, vh, bias, need_sharpness=need_sharpness, after=after)
+        return (total if head_sum is None else total + head_sum), out[:, 0]
+
+    acc = acc_dtype(q.dtype)
+    init = jnp.zeros((bsz, rows, k.shape[2]) if need_sharpness else (), acc)
+    total, out = jax.lax.scan(head, init, (jnp.moveaxis(q, 1, 0), k, v))
+    sharp = sharpness_from_mean(total / heads) if need_sharpness else None
+    return jnp.moveaxis(out, 0, 1), sharp
 
 
 def softmax_values(logits: Array, bias: Array | None, v: Array) -> Array:
