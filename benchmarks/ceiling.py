@@ -112,9 +112,10 @@ def probe_rates(tokens: Iterable[int], heads: int, head_dim: int, precision: str
     return out
 
 
-def _attention_probes(jx: Any, tx: Any, chunk: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of ``QK^T`` and ``PV`` for ``(1, H, N, Dh)`` queries = keys = values, JAX (whole and a
-    ``chunk``-row block of queries) and PyTorch."""
+def _attention_probes(jx: Any, tx: Any, chunk: int, repeats: int, head_rows: int = 512) -> dict[str, float]:
+    """GFLOP/s of ``QK^T`` and ``PV`` for ``(1, H, N, Dh)`` queries = keys = values: JAX on the whole
+    layer, on a ``chunk``-row block of queries (all heads) and on one head's ``head_rows``-row block
+    (the blocks tldr_jax's CPU attention runs), and PyTorch on the whole layer."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -123,13 +124,18 @@ def _attention_probes(jx: Any, tx: Any, chunk: int, repeats: int) -> dict[str, f
     qk = jax.jit(lambda a, b: jnp.einsum("bhnd,bhmd->bhnm", a, b, **acc))
     pv = jax.jit(lambda p, v: jnp.einsum("bhnm,bhmd->bhnd", p, v, **acc))
     _, heads, n, head_dim = jx.shape
-    rows = min(chunk, n)
+    rows, one = min(chunk, n), min(head_rows, n)
     jq, jp, tp = jx[:, :, :rows], qk(jx, jx).astype(jx.dtype), torch.matmul(tx, tx.transpose(-1, -2))
+    hq, hk, hp = jx[:, :1, :one], jx[:, :1], jp[:, :1, :one]
     seconds = {
         "qk jax": _best(lambda: qk(jx, jx).block_until_ready(), repeats),
         f"qk jax {rows}-row chunk": n / rows * _best(lambda: qk(jq, jx).block_until_ready(), repeats),
+        f"qk jax one head x {one} rows": heads * n / one
+        * _best(lambda: qk(hq, hk).block_until_ready(), repeats),
         "qk torch": _best(lambda: torch.matmul(tx, tx.transpose(-1, -2)), repeats),
         "pv jax": _best(lambda: pv(jp, jx).block_until_ready(), repeats),
+        f"pv jax one head x {one} rows": heads * n / one
+        * _best(lambda: pv(hp, hk).block_until_ready(), repeats),
         "pv torch": _best(lambda: torch.matmul(tp, tx), repeats),
     }
     flop = 2 * heads * n * n * head_dim
