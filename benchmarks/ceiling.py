@@ -16,9 +16,10 @@ JAX and PyTorch, each precision); ``benchmarks.precision_bench`` reports the bou
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from benchmarks.timing import call_times
 
 __all__ = ["LINEAR_PARTS", "lower_bound", "probe_rates"]
 
@@ -57,13 +58,7 @@ def lower_bound(breakdown: Mapping[str, Any], heads: int, rates: Mapping[str, An
 
 def _best(fn: Callable[[], Any], repeats: int) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return min(times)
+    return min(call_times(fn, repeats))
 
 
 def probe_rates(tokens: Iterable[int], heads: int, head_dim: int, precision: str, *, chunk: int = 128,

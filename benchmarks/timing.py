@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["blocking", "median_time", "peak_rss_during", "reset_peak_rss", "rss_bytes", "status_kb"]
+__all__ = ["blocking", "call_times", "median_time", "peak_rss_during", "reset_peak_rss", "rss_bytes",
+           "status_kb"]
 
 
 def blocking(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -20,15 +21,20 @@ def blocking(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda *args, **kwargs: jax.block_until_ready(fn(*args, **kwargs))
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of a blocking ``fn``, after one untimed warm-up call."""
+def call_times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls of a blocking ``fn``, after one untimed warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of a blocking ``fn``, after one untimed warm-up call."""
+    return statistics.median(call_times(fn, repeats))
 
 
 def status_kb(field: str) -> int | None:

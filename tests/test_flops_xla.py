@@ -218,6 +218,7 @@ def test_chunked_attention_counts_every_chunk(monkeypatch, chunk):
     monkeypatch.setattr(Attention, "chunk_min_tokens", 16, raising=False)
     monkeypatch.setattr(Attention, "chunk_min_elements", 1, raising=False)
     monkeypatch.setattr(Attention, "query_chunk", chunk, raising=False)
+    monkeypatch.setattr(Attention, "cpu_head_rows", None, raising=False)  # all heads in each chunk
     params, compiled = _compile("umt_b16", overrides, 0, 1, "vid_tldr")
     jax.clear_caches()  # drop the chunked trace again
     counts = xla_flops(compiled)
@@ -259,3 +260,27 @@ def test_elementwise_remainder_is_bounded(compiled_cases, case_id):
     assert counts.other >= batch * sum(n * cfg.mlp_dim for n in sched.tokens[1:])
     # Softmax exps are transcendentals: at least one per attention logit.
     assert counts.transcendentals >= batch * cfg.num_heads * sum(n**2 for n in sched.tokens[:-1])
+
+
+@pytest.mark.parametrize("chunk", [16, 24])
+def test_chunks_of_one_head_at_a_time_count_every_head(monkeypatch, chunk):
+    """CPU chunks that attend one head at a time (a scan over the heads inside the chunk loop): the
+    per-op walk multiplies the nested trip counts (chunks x heads), so the attention products add up
+    to the analytic count, padded query rows included, and nothing else runs in the loops."""
+    from tldr_jax.models import Attention
+
+    overrides = dict(UMT, depth=2, embed_dim=40, num_heads=2, mlp_dim=88)
+    monkeypatch.setattr(Attention, "chunk_min_elements", 1)
+    monkeypatch.setattr(Attention, "query_chunk", chunk)
+    monkeypatch.setattr(Attention, "cpu_head_rows", 512)
+    params, compiled = _compile("umt_b16", overrides, 0, 1, "vid_tldr")
+    jax.clear_caches()
+    counts = xla_flops(compiled)
+    cfg = params.config
+    n = cfg.num_tokens
+    chunks = -(-n // chunk)
+    looped = [op for op in counts.ops if op.executions > 1]
+    assert looped and all(op.executions == chunks * cfg.num_heads for op in looped)
+    expected = _analytic_terms(params, 0, 1, "vid_tldr")
+    assert sum(op.flops * op.executions for op in looped) == expected["attn"] * chunks * chunk / n
+    assert all(_term(op, cfg) != "attn" for op in counts.ops if op.executions == 1)
