@@ -103,17 +103,17 @@ def test_command_line_covers_every_apply_option():
             assert flag in flags and dest in dests, (command, option)
     args = parser.parse_args(
         ["run", "--method", "tome", "--pool", "weighted", "--no-prop-attn", "--dtype", "bfloat16",
-         "--precision", "tensorfloat32"]
+         "--precision", "tensorfloat32", "--fast-compile"]
     )
     opts = cli.apply_options(args)
     assert opts == ApplyOptions(method="tome", pool="weighted", prop_attn=False, dtype="bfloat16",
-                                precision="tensorfloat32")
+                                precision="tensorfloat32", fast_compile=True)
 
 
 def test_sharded_apply_and_run_directory_take_every_apply_option(params, video, tmp_path):
     """precision (once missing from sharded_apply) and every other option, non-default."""
     opts = dict(method="tome", pool="weighted", source="origin", return_saliency=True, prop_attn=False,
-                dtype="bfloat16", remat=True, precision="tensorfloat32")
+                dtype="bfloat16", remat=True, precision="tensorfloat32", fast_compile=True)
     assert set(opts) == set(APPLY_OPTIONS)
     ref = tldr_jax.apply(params, video, 2, **opts)
     out = parallel.sharded_apply(params, video, 2, **opts)

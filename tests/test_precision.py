@@ -28,6 +28,7 @@ which the token sizes inherit.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax.numpy as jnp
@@ -203,6 +204,38 @@ def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
     monkeypatch.setattr(Attention, "cpu_head_rows", None)
     monkeypatch.setattr(Attention, "cpu_block_rows", 8)
     assert loops(40) == 1 and loops(39) == 0
+
+
+def test_fast_compile_drops_the_cpu_blocking_and_keeps_the_numbers(monkeypatch):
+    """``apply(..., fast_compile=True)``: no attention loop in the traced program (the blocked one has
+    the chunk and head loops), the same outputs up to float rounding, compiled by its own jit (the one
+    with XLA's older CPU emitter); a non-bool value is refused with the option's name."""
+    import jax
+
+    from tldr_jax import api
+    from tldr_jax.models import Attention
+
+    monkeypatch.setattr(Attention, "cpu_block_min_elements", 1000)
+    monkeypatch.setattr(Attention, "cpu_head_rows", 16)
+    params = tldr_jax.init(0, "umt_b16", depth=2, embed_dim=40, num_heads=2, mlp_dim=72, num_frames=4,
+                           img_size=64)
+    video = jax.random.normal(jax.random.key(4), (1, 4, 64, 64, 3))
+    sched = tldr_jax.schedule(params, (8, 4))
+
+    def loops(fast: bool) -> int:
+        jaxpr = jax.make_jaxpr(functools.partial(
+            api._forward.__wrapped__, cfg=params.config, sched=sched, method="vid_tldr", pool="mean",
+            source=None, return_saliency=False, prop_attn=True, fast_compile=fast))(params.tree, video)
+        return str(jaxpr).count("scan[")
+
+    assert loops(False) == 2 * 2 and loops(True) == 0  # 2 layers x (chunk loop, head loop)
+    before = api._forward_fast_compile._cache_size()
+    blocked, fast = (tldr_jax.apply(params, video, (8, 4), fast_compile=f) for f in (False, True))
+    assert api._forward_fast_compile._cache_size() == before + 1
+    np.testing.assert_allclose(np.asarray(fast.pooled), np.asarray(blocked.pooled), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fast.size), np.asarray(blocked.size), rtol=1e-5)
+    with pytest.raises(TypeError, match="fast_compile must be True or False; got 'yes'"):
+        tldr_jax.apply(params, video, (8, 4), fast_compile="yes")
 
 
 @pytest.mark.parametrize("need", ["sharpness", None])

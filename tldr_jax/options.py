@@ -109,6 +109,8 @@ class ApplyOptions:
       dtype: a compute dtype of :data:`COMPUTE_DTYPES` (stored as a dtype object) or None.
       remat: rematerialise each block in the backward pass.
       precision: one of :data:`PRECISIONS`.
+      fast_compile: compile faster, run slower (CPU): no cache blocking of attention and XLA's older
+        CPU kernel emitter; see :func:`tldr_jax.apply`.
     """
 
     method: Method = "vid_tldr"
@@ -119,6 +121,7 @@ class ApplyOptions:
     dtype: Any = None
     remat: bool = False
     precision: str | None = "float32"
+    fast_compile: bool = False
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS, "'vid_tldr' is the official vid-TLDR merge.")
@@ -128,7 +131,7 @@ class ApplyOptions:
             "precision", self.precision, PRECISIONS,
             "Use 'float32' for the official numerics or 'tensorfloat32' for speed on GPUs.",
         )
-        for flag in ("return_saliency", "prop_attn", "remat"):
+        for flag in ("return_saliency", "prop_attn", "remat", "fast_compile"):
             object.__setattr__(self, flag, _check_flag(flag, getattr(self, flag)))
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
 

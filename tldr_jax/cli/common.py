@@ -246,6 +246,7 @@ APPLY_FLAGS: dict[str, tuple[str, str]] = {
     "prop_attn": ("--no-prop-attn", "prop_attn"),
     "dtype": ("--dtype", "dtype"),
     "precision": ("--precision", "precision"),
+    "fast_compile": ("--fast-compile", "fast_compile"),
 }
 #: ``apply`` options the command line leaves out, and why (a test keeps both lists complete).
 NOT_ON_CLI: dict[str, str] = {
@@ -268,6 +269,8 @@ def add_apply_args(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (default: the parameters' float32)")
     p.add_argument("--precision", choices=[x for x in PRECISIONS if x], default=d.precision,
                    help="float32 matrix-product precision (default float32, the official numerics)")
+    p.add_argument("--fast-compile", action="store_true",
+                   help="compile faster, run slower on CPU (for schedules tried once; README)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

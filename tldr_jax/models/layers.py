@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import einops
@@ -18,7 +21,25 @@ from tldr_jax.saliency import sharpness_from_mean
 Array = jax.Array
 Need = Literal[None, "sharpness", "keys"]
 
-__all__ = ["Attention", "Mlp", "PatchEmbed", "attend_blocked", "fused_attention", "linear", "softmax_values"]
+__all__ = [
+    "Attention", "Mlp", "PatchEmbed", "attend_blocked", "cpu_blocking", "fused_attention", "linear",
+    "softmax_values",
+]
+
+#: Whether attention traced now may use the CPU cache blocking (``Attention._chunking``).
+_CPU_BLOCKING: contextvars.ContextVar[bool] = contextvars.ContextVar("tldr_jax_cpu_blocking", default=True)
+
+
+@contextlib.contextmanager
+def cpu_blocking(enabled: bool) -> Iterator[None]:
+    """Attention traced inside uses the CPU cache blocking (the default) or not (``enabled=False``:
+    fewer kernels to compile, slower runs; :func:`tldr_jax.apply`'s ``fast_compile``). Per thread /
+    context; the memory guard ``Attention.chunk_min_elements`` applies either way."""
+    token = _CPU_BLOCKING.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _CPU_BLOCKING.reset(token)
 
 
 class PatchEmbed(nnx.Module):
@@ -116,7 +137,7 @@ class Attention(nnx.Module):
         """``(rows per chunk, threshold in elements of (B, H, N, N), normalise after PV, one head at a
         time)`` for a layer that needs ``need``; the last two apply to the chunks only."""
         rows, threshold = int(self.query_chunk), int(self.chunk_min_elements)
-        cpu = jax.default_backend() == "cpu"
+        cpu = jax.default_backend() == "cpu" and _CPU_BLOCKING.get()
         per_head = cpu and self.cpu_head_rows is not None
         if cpu and self.cpu_block_min_elements < threshold:
             threshold = int(self.cpu_block_min_elements)
