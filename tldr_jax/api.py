@@ -373,7 +373,7 @@ def apply(
       fast_compile: compile faster and run slower, for schedules run once or a few times (CPU): the
         attention is not cache-blocked (no query chunks unless the memory guard needs them) and XLA
         compiles with its older CPU kernel emitter (:data:`FAST_COMPILE_XLA_CPU`). Measured on UMT-B
-        with ``r = 50`` in every layer: compile 8.1-8.9 -> 3.9-4.1 s, run 3.37 -> 3.89 s (README). The
+        with ``r = 50`` in every layer: compile 8.3 -> 4.4 s, run 3.46 -> 3.85 s (README). The
         same function up to float rounding. Elsewhere only the blocking rule changes (it is CPU
         only), and under an outer ``jax.jit`` the outer compile's XLA options apply.
 
