@@ -109,13 +109,12 @@ def gemm_peaks(gemm: dict[str, dict[str, float]]) -> dict[str, float]:
 def ceilings(params: Any, r: Any, gemm: dict[str, dict[str, float]], repeats: int = 5) -> dict[str, Any]:
     """Per precision, :func:`benchmarks.ceiling.lower_bound` of the forward's time at this machine's best
     measured rates (GEMM peak from ``gemm``, attention products and ``exp`` probed now)."""
-    import tldr_jax
     from benchmarks.ceiling import lower_bound, probe_rates
     from tldr_jax.flops import flops_breakdown
 
     cfg = params.config
     breakdown = flops_breakdown(params, r=r)
-    tokens = tldr_jax.schedule(params, r).tokens[:-1]
+    tokens = [layer["tokens_in"] for layer in breakdown["layers"]]
     out = {}
     for precision, peak in gemm_peaks(gemm).items():
         rates = probe_rates(tokens, cfg.num_heads, cfg.head_dim, precision, repeats=repeats)

@@ -231,20 +231,18 @@ def _attend(
     """
     bsz, heads, n, dh = q.shape
     if bsz * heads * n * n <= chunk_min_elements or query_chunk >= n:
-        out, head_sum = _block(q, k, v, bias, need_sharpness=need_sharpness)
-        return out, None if head_sum is None else sharpness_from_mean(head_sum / heads)
+        return _all_heads(q, k=k, v=v, bias=bias, need_sharpness=need_sharpness, after=False)
     num = math.ceil(n / query_chunk)  # static chunk count; equal chunks, a multiple of 8 rows
     chunk = 8 * math.ceil(math.ceil(n / num) / 8)
     num = math.ceil(n / chunk)
     q_pad = jnp.pad(q, ((0, 0), (0, 0), (0, num * chunk - n), (0, 0)))  # padded rows dropped below
     q_chunks = jnp.moveaxis(q_pad.reshape(bsz, heads, num, chunk, dh), 2, 0)
-    if per_head:
-        chunk_rows = functools.partial(_heads_one_by_one, k=jnp.moveaxis(k, 1, 0), v=jnp.moveaxis(v, 1, 0),
-                                       bias=bias, need_sharpness=need_sharpness, after=normalise_after)
+    if per_head:  # keys and values heads first, once, for the scan over heads
+        rows_of, k, v = _heads_one_by_one, jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0)
     else:
-        def chunk_rows(q_rows: Array) -> tuple[Array, Array | None]:
-            out, head_sum = _block(q_rows, k, v, bias, need_sharpness=need_sharpness, after=normalise_after)
-            return out, None if head_sum is None else sharpness_from_mean(head_sum / heads)
+        rows_of = _all_heads
+    chunk_rows = functools.partial(rows_of, k=k, v=v, bias=bias, need_sharpness=need_sharpness,
+                                   after=normalise_after)
     out, sharp = jax.lax.map(jax.checkpoint(chunk_rows), q_chunks)  # (num, B, H, C, Dh), (num, B, C)
     out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
     sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
@@ -280,6 +278,22 @@ def _block(
         probs = jax.nn.softmax(barrier.astype(acc_dtype(logits.dtype)), axis=-1)
     out = jnp.einsum("bhnm,bhmd->bhnd", probs.astype(v.dtype), v, **dot_kwargs(v.dtype))
     return out.astype(v.dtype), head_sum
+
+
+def _all_heads(
+    q: Array, *, k: Array, v: Array, bias: Array | None, need_sharpness: bool, after: bool
+) -> tuple[Array, Array | None]:
+    """:func:`_block` over all heads at once, with the sharpness of the head-mean pre-bias softmax.
+
+    Args:
+      q: ``(B, H, C, Dh)`` scaled queries; ``k``, ``v``: ``(B, H, N, Dh)``.
+      bias, need_sharpness, after: as :func:`_block`.
+
+    Returns:
+      ``(out (B, H, C, Dh), sharpness (B, C) or None)``.
+    """
+    out, head_sum = _block(q, k, v, bias, need_sharpness=need_sharpness, after=after)
+    return out, None if head_sum is None else sharpness_from_mean(head_sum / q.shape[1])
 
 
 def _heads_one_by_one(
