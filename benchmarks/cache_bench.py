@@ -36,12 +36,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     cfg = params.config
     video = jax.random.normal(jax.random.key(0), (1, cfg.num_frames, cfg.img_size, cfg.img_size, 3))
     dtype = None if job["dtype"] == "float32" else jnp.dtype(job["dtype"])
-    sched = tldr_jax.schedule(params, job["r"])
-    kwargs = dict(cfg=cfg, sched=sched, method="vid_tldr", pool="mean", source=None, return_saliency=False,
-                  prop_attn=True, dtype=dtype, per_clip=False, precision="float32")
     before = cache_events()
     tic = time.perf_counter()
-    lowered = api._forward.lower(params.tree, video, **kwargs)  # what apply's first call does first
+    lowered = api.lower(params, video, job["r"], dtype=dtype)  # what apply's first call does first
     lower_s = time.perf_counter() - tic
     tic = time.perf_counter()
     compiled = lowered.compile()  # XLA, or a load from the persistent cache

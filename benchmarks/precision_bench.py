@@ -7,7 +7,8 @@ UMT-B/16 12x224^2 with the MSRVTT schedule at batch 1 and the same random weight
 * ``tldr_jax bf16``: ``tldr_jax.apply(dtype=jnp.bfloat16)`` (bfloat16 products, float32 accumulation);
 * ``tldr_jax bf16, weights cast once``: ``apply`` on ``tldr_jax.cast(params, jnp.bfloat16)`` (no cast
   of the kernels inside every call);
-* ``tldr_jax f32 / bf16, key-blocked``: the same with ``Attention.key_block = 512`` (online softmax);
+* ``tldr_jax f32 / bf16, key-blocked``: the same with ``attention=AttentionTuning(key_block=512)``
+  (online softmax);
 * ``official f32``: the PyTorch statement of the official forward (``benchmarks/torch_reference.py``);
 * ``official bf16``: the same under ``torch.autocast("cpu", torch.bfloat16)``.
 
@@ -148,7 +149,7 @@ def profile_split(params: Any, video: Any, r: Any, dtype: Any, repeats: int = 3)
     import numpy as np
 
     import tldr_jax
-    from tldr_jax.api import _cast_tree, build
+    from tldr_jax.api import build
     from tldr_jax.merge import merge_step
     from tldr_jax.models.layers import linear
     from tldr_jax.numerics import dot_kwargs
@@ -156,7 +157,7 @@ def profile_split(params: Any, video: Any, r: Any, dtype: Any, repeats: int = 3)
 
     cfg = params.config
     sched = tldr_jax.schedule(params, r)
-    tree = _cast_tree(params.tree, dtype) if dtype is not None else params.tree
+    tree = tldr_jax.cast(params, dtype).tree if dtype is not None else params.tree
     low = dtype if dtype is not None else jnp.float32
     heads, dh = cfg.num_heads, cfg.head_dim
     totals = dict.fromkeys(("gemm_qkv_proj", "gemm_mlp", "attn_qk", "softmax", "attn_pv", "layernorm",
@@ -240,7 +241,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from benchmarks.torch_reference import from_params, to_torch_video
     from tldr_jax import api
     from tldr_jax.compile_cache import cache_events
-    from tldr_jax.models import Attention
 
     tldr_jax.enable_compile_cache()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -256,26 +256,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     compiled: dict[str, Any] = {}
     compile_info: dict[str, Any] = {}
-    trees = {"tldr_jax bf16, weights cast once": tldr_jax.cast(params, jnp.bfloat16).tree}
+    cast_once = tldr_jax.cast(params, jnp.bfloat16)
+    trees = {"tldr_jax bf16, weights cast once": cast_once.tree}
     for name, dtype, block in (("tldr_jax f32", None, None), ("tldr_jax bf16", jnp.bfloat16, None),
                                ("tldr_jax bf16, weights cast once", jnp.bfloat16, None),
                                ("tldr_jax f32, key-blocked", None, 512),
                                ("tldr_jax bf16, key-blocked", jnp.bfloat16, 512)):
-        def fwd(tree, v, dtype=dtype):
-            # apply's own jit would reuse a trace made with another Attention.key_block: trace afresh
-            out = api._forward.__wrapped__(tree, v, cfg=cfg, sched=sched, method="vid_tldr", pool="mean",
-                                           source=None, return_saliency=False, prop_attn=True, dtype=dtype)
-            return out["tokens"], out["pooled"]
-
-        Attention.key_block = block
-        try:
-            hits = cache_events()["hits"]
-            tic = time.perf_counter()
-            compiled[name] = jax.jit(fwd).lower(trees.get(name, params.tree), video).compile()
-            compile_info[name] = {"compile_s": time.perf_counter() - tic,
-                                  "compile_cache_hit": cache_events()["hits"] > hits}
-        finally:
-            Attention.key_block = None
+        weights = cast_once if name in trees else params
+        attention = tldr_jax.AttentionTuning(key_block=block)  # part of apply's jit cache key
+        hits = cache_events()["hits"]
+        tic = time.perf_counter()
+        compiled[name] = api.lower(weights, video, r, dtype=dtype, attention=attention).compile()
+        compile_info[name] = {"compile_s": time.perf_counter() - tic,
+                              "compile_cache_hit": cache_events()["hits"] > hits}
     ref = from_params(params)
     tvideo = to_torch_video(video)
     counts = list(sched.r)

@@ -251,20 +251,21 @@ def run_official(root: Path, args: argparse.Namespace) -> dict:
 
 def compare(tldr: Any, official: dict) -> dict:
     """Max abs differences of the four matrices and whether the official metrics agree."""
-    from tldr_jax import retrieval as R
+    from tldr_jax.retrieval.fusion import UNSCORED
+    from tldr_jax.retrieval.metrics import official_only
 
     m = official["matrices"]
     pairs = {"i2t_x": tldr.i2t, "t2i_x": tldr.t2i, "i2t_emb": tldr.i2t_emb, "t2i_emb": tldr.t2i_emb}
     diff = {k: float(np.max(np.abs(np.asarray(v, np.float64) - m[k]))) for k, v in pairs.items()}
     unscored_same = bool(
-        ((tldr.i2t == R.UNSCORED) == (m["i2t_x"] == R.UNSCORED)).all()
-        and ((tldr.t2i == R.UNSCORED) == (m["t2i_x"] == R.UNSCORED)).all()
+        ((tldr.i2t == UNSCORED) == (m["i2t_x"] == UNSCORED)).all()
+        and ((tldr.t2i == UNSCORED) == (m["t2i_x"] == UNSCORED)).all()
     )
     return {
         "max_abs_diff": diff,
         "same_topk": unscored_same,
-        "metrics_equal": R.official_only(tldr.metrics) == official["metrics"],
-        "metrics_emb_equal": R.official_only(tldr.metrics_emb) == official["metrics_emb"],
+        "metrics_equal": official_only(tldr.metrics) == official["metrics"],
+        "metrics_emb_equal": official_only(tldr.metrics_emb) == official["metrics_emb"],
     }
 
 

@@ -2,11 +2,12 @@
 
 1. Memory (UMT-B/16, 224 x 224, batch 1, float32): for 8, 16, 32 and 64 frames (1568 to 12544 tokens),
    with and without token merging, and with the query-chunked attention (forced on; the library
-   chunks by default once ``B * H * N * N`` exceeds ``Attention.chunk_min_elements`` = 2**28) or the
-   standard one that materialises ``(B, H, N, N)`` attention probabilities.
+   chunks by default once ``B * H * N * N`` exceeds ``AttentionTuning.chunk_min_elements``, and on CPU
+   above ``cpu_block_min_elements``) or the standard one that materialises ``(B, H, N, N)`` attention
+   probabilities (``apply(attention=...)``, :func:`attention`).
 
    * ``compile``: XLA's buffer assignment of the whole forward pass
-     (``jax.jit(...).lower(...).compile().memory_analysis()``): arguments (weights + video), outputs
+     (``tldr_jax.api.lower(...).compile().memory_analysis()``): arguments (weights + video), outputs
      and temporaries. Nothing is executed, so it works for 64 frames on a laptop.
    * ``run`` (``--run-frames``): the forward pass is executed in a fresh subprocess; the peak resident
      memory above the level before the call (sampled every 5 ms) and the wall time are recorded.
@@ -29,14 +30,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +54,14 @@ GiB = 2**30
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def attention_chunking(enabled: bool) -> Iterator[None]:
-    """Trace with the query-chunked attention forced on, or with the standard attention."""
-    from tldr_jax.models import Attention
+def attention(chunked: bool):
+    """The :class:`~tldr_jax.options.AttentionTuning` of a row: query chunks forced on in every layer,
+    or the standard attention (no chunks at all, CPU cache blocking off too)."""
+    from tldr_jax.options import AttentionTuning
 
-    old = Attention.chunk_min_elements
-    Attention.chunk_min_elements = 0 if enabled else NO_CHUNK
-    try:
-        yield
-    finally:
-        Attention.chunk_min_elements = old
+    if chunked:
+        return AttentionTuning(chunk_min_elements=0)
+    return AttentionTuning(chunk_min_elements=NO_CHUNK, cpu_blocking=False)
 
 
 def umt_b16(frames: int):
@@ -75,41 +71,36 @@ def umt_b16(frames: int):
     return get_config("umt_b16", num_frames=frames)
 
 
-def forward_fn(cfg, r: Any):
-    """A fresh jitted ``(tree, video) -> Output dict`` for ``cfg`` (same computation as ``apply``)."""
+def lowered_forward(params, video, chunked: bool, merge: bool):
+    """``(tldr_jax.api.lower(...), schedule)``: the program ``apply`` runs for this row, lowered."""
+    import tldr_jax
     from tldr_jax import api
-    from tldr_jax.schedule import schedule_for
 
-    sched = schedule_for(cfg, r)
-    inner = getattr(api._forward, "__wrapped__", api._forward)
-    fn = functools.partial(
-        inner, cfg=cfg, sched=sched, method="vid_tldr", pool="mean", source=None, return_saliency=False,
-        prop_attn=True,
-    )
-    return __import__("jax").jit(fn), sched
+    r = MERGE_R if merge else 0
+    return api.lower(params, video, r, attention=attention(chunked)), tldr_jax.schedule(params, r)
 
 
 def abstract_args(cfg, batch: int = 1):
-    """``ShapeDtypeStruct`` weights and video: nothing is allocated."""
+    """``Params`` of ``ShapeDtypeStruct`` weights and a ``ShapeDtypeStruct`` video: nothing is allocated."""
     import jax
     from flax import nnx
 
+    from tldr_jax.api import Params
     from tldr_jax.models import VideoEncoder
 
     model = nnx.eval_shape(lambda: VideoEncoder(cfg, rngs=nnx.Rngs(0)))
     tree = nnx.state(model, nnx.Param).to_pure_dict()
     video = jax.ShapeDtypeStruct((batch, cfg.num_frames, cfg.img_size, cfg.img_size, 3), "float32")
-    return tree, video
+    return Params(tree=tree, config=cfg), video
 
 
 def compiled_memory(frames: int, merge: bool, chunked: bool) -> dict[str, Any]:
     """XLA's memory analysis of the UMT-B/16 forward at ``frames`` frames (compile only)."""
     cfg = umt_b16(frames)
-    tree, video = abstract_args(cfg)
+    params, video = abstract_args(cfg)
     tic = time.perf_counter()
-    with attention_chunking(chunked):
-        fn, sched = forward_fn(cfg, MERGE_R if merge else 0)
-        stats = fn.lower(tree, video).compile().memory_analysis()
+    lowered, sched = lowered_forward(params, video, chunked, merge)
+    stats = lowered.compile().memory_analysis()
     arg, out, tmp = stats.argument_size_in_bytes, stats.output_size_in_bytes, stats.temp_size_in_bytes
     alias = getattr(stats, "alias_size_in_bytes", 0)
     return {
@@ -133,9 +124,8 @@ def memory_worker(frames: int, merge: bool, chunked: bool) -> dict[str, Any]:
     cfg = umt_b16(frames)
     params = tldr_jax.init(0, cfg)
     video = jax.random.normal(jax.random.key(1), (1, frames, cfg.img_size, cfg.img_size, 3))
-    with attention_chunking(chunked):
-        fn, sched = forward_fn(cfg, MERGE_R if merge else 0)
-        compiled = fn.lower(params.tree, video).compile()
+    lowered, sched = lowered_forward(params, video, chunked, merge)
+    compiled = lowered.compile()
     base = rss_bytes()
     _, peak, wall = peak_rss_during(lambda: jax.block_until_ready(compiled(params.tree, video)))
     return {

@@ -7,7 +7,7 @@
     python -m benchmarks.search_bench --videos 32 --no-ray --sizes 10000
 
 * Build: ``--videos`` synthetic MP4 files (distinct content, 24 frames of 96x128, decoded and resized by the
-  indexer like any video) indexed by :func:`tldr_jax.retrieval.build_index` with a small random UMT
+  indexer like any video) indexed by :func:`tldr_jax.search.build_index` with a small random UMT
   retrieval model (``benchmarks.retrieval_bench`` size ``--size``), ``keep_tokens=True``. Single process:
   programs compiled first on a warm-up index of a few of the files, so videos/s is steady-state encoding
   (decode + encoder + writes). Ray (``ray.init(num_cpus=os.cpu_count())``, 1 and 2 actors on this
@@ -77,9 +77,9 @@ def bench_model(size: str) -> tuple[Any, Any, str]:
 
 def timed_build(model_dir: Path, files: list[Path], out: Path, r: Any, batch_size: int, **kw: Any) -> dict:
     """One index build; its report as a dict."""
-    from tldr_jax import retrieval as R
+    from tldr_jax.search import build_index
 
-    index = R.build_index(model_dir, files, out, r=r, batch_size=batch_size, keep_tokens=True,
+    index = build_index(model_dir, files, out, r=r, batch_size=batch_size, keep_tokens=True,
                           progress=False, **kw)
     b = index.build
     return {
@@ -95,7 +95,7 @@ def median_ms(fn: Any, reps: int) -> float:
 
 
 class SyntheticIndex:
-    """The part of a :class:`~tldr_jax.retrieval.VideoIndex` the vector search reads."""
+    """The part of a :class:`~tldr_jax.search.VideoIndex` the vector search reads."""
 
     def __init__(self, vectors: np.ndarray, hnsw: Any = None):
         self.vectors, self.hnsw, self.approximate = vectors, hnsw, hnsw is not None
@@ -118,8 +118,8 @@ def vector_search(sizes: list[int], dim: int, hnsw_max: int, work: Path) -> list
     """Exact and HNSW search latency of the index's search stage on synthetic vectors."""
     from usearch.index import Index
 
-    from tldr_jax.retrieval.index import HNSW_EXPANSION_ADD, HNSW_EXPANSION_SEARCH
-    from tldr_jax.retrieval.query import candidates
+    from tldr_jax.search.index import HNSW_EXPANSION_ADD, HNSW_EXPANSION_SEARCH
+    from tldr_jax.search.query import candidates
 
     rows = []
     queries = unit_vectors(32, dim, seed=1)
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.machine import cpu_model
     from benchmarks.retrieval_bench import SIZES
     from tldr_jax import retrieval as R
+    from tldr_jax import search
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=64)
@@ -216,12 +217,12 @@ def main(argv: list[str] | None = None) -> dict:
                     res["build"].append(row)
             finally:
                 ray.shutdown()
-        index = R.load_index(work / "idx_True")
+        index = search.load_index(work / "idx_True")
         query = "w1 w7 w42 w3"
         res["queries"]["end_to_end"] = {
             "videos": len(index),
-            "itc_ms": median_ms(lambda: R.search(index, query, k=10), 10),
-            "itm_rerank_50_ms": median_ms(lambda: R.search(index, query, k=10, rerank=50), 5),
+            "itc_ms": median_ms(lambda: search.search(index, query, k=10), 10),
+            "itm_rerank_50_ms": median_ms(lambda: search.search(index, query, k=10, rerank=50), 5),
         }
         print(json.dumps(res["queries"]["end_to_end"]), flush=True)
         res["queries"]["vector_search"] = vector_search(

@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="checkpoint file, Hugging Face model directory, or hf:ORG/NAME")
     p.add_argument("out", help="output checkpoint directory (must not exist unless --overwrite)")
-    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", *FORMATS, "umt_retrieval"],
-                   help="source layout (umt_retrieval: vision + text towers; needs --vocab)")
+    p.add_argument("--format", dest="fmt", default="auto",
+                   choices=["auto", *FORMATS, "umt_retrieval", "umt_qa"],
+                   help="source layout (umt_retrieval: vision + text towers; umt_qa: + answer decoder; "
+                        "both need --vocab)")
     p.add_argument("--arch", help="config name to record (presets are looked up under it)")
     p.add_argument(
         "--num-heads", type=_count(1), help="attention heads (default: width // 64; 16 for width 1280)"
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the converter; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from checkpoints_convert.core import convert_detailed  # heavy imports after argument parsing
+    from checkpoints_convert.dispatch import convert_detailed  # heavy imports after argument parsing
     from tldr_jax.checkpoint import CheckpointError
 
     try:

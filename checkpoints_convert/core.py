@@ -1,4 +1,9 @@
-"""Conversion driver: state dict -> :class:`~tldr_jax.api.Params`, and file -> checkpoint directory."""
+"""The vision converter: state dict -> :class:`~tldr_jax.api.Params`, and file -> checkpoint directory.
+
+The converters of other kinds build on this one (:mod:`checkpoints_convert.retrieval` converts the
+vision tower of a retrieval checkpoint through :func:`convert_state_dict_detailed`); which converter a
+source goes to is decided in :mod:`checkpoints_convert.dispatch`, above them all.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +20,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from checkpoints_convert import formats, readers
+from checkpoints_convert.common import (
+    file_records,
+    ignore_rules,
+    output_path,
+    report_lines,
+    section,
+    write_output,
+)
 from checkpoints_convert.errors import ConversionError
 from checkpoints_convert.rules import SINCOS_POS_EMBED, Mapped, apply_table
 from tldr_jax.api import Params
 from tldr_jax.checkpoint import expected_shapes, save, unflatten_tree
 from tldr_jax.configs import ArchConfig
-from tldr_jax.files import sha256_file
 from tldr_jax.models import sinusoid_table
 
 AUTO_PROGRESS_BYTES = 256 << 20  # show a progress bar by default above this size (on a terminal)
 SINCOS_ATOL = 1e-4  # a stored pos_embed within this of the recomputed table is the fixed table
-REPORT_LIMIT = 20
 
 
 @dataclasses.dataclass
@@ -75,8 +86,7 @@ class Conversion:
 
     def report_lines(self) -> list[str]:
         """What was dropped and decided, one line each (printed unless ``verbose=False``)."""
-        lines = [f"dropped {len(keys)} tensor(s): {group}" for group, keys in self.dropped.items()]
-        return lines + [f"note: {n}" for n in self.notes]
+        return report_lines(self.dropped, self.notes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,21 +113,6 @@ def _progress_fn(
     from tqdm.auto import tqdm
 
     return functools.partial(tqdm, total=len(state), desc="converting", unit="tensor", leave=False)
-
-
-def _ignore_rules(patterns: Iterable[str], names: Mapping[str, str], origin: str) -> list[tuple[str, str]]:
-    """User ``--ignore`` regexes (matched against original and normalised keys) -> exact drop rules."""
-    out = []
-    for pattern in patterns:
-        try:
-            rx = re.compile(pattern)
-        except re.error as e:
-            raise ConversionError(f"--ignore {pattern!r} is not a valid regular expression: {e}") from e
-        hits = [k for k, orig in names.items() if rx.match(orig) or rx.match(k)]
-        if not hits:
-            raise ConversionError(f"--ignore {pattern!r} matches no key of {origin}; check the pattern.")
-        out.extend((re.escape(k) + "$", f"matched --ignore {pattern!r}") for k in hits)
-    return out
 
 
 def _head_rules(
@@ -194,15 +189,6 @@ def _display_prefix(names: Mapping[str, str]) -> str:
     return counts.most_common(1)[0][0] if counts else ""
 
 
-def _section(title: str, items: list[str]) -> list[str]:
-    if not items:
-        return []
-    lines = [f"{title} ({len(items)}):", *(f"  {x}" for x in items[:REPORT_LIMIT])]
-    if len(items) > REPORT_LIMIT:
-        lines.append(f"  ... and {len(items) - REPORT_LIMIT} more")
-    return lines
-
-
 def _check_complete(
     fmt: formats.Format,
     mapped: Mapped,
@@ -241,10 +227,10 @@ def _check_complete(
     if not (missing or unexpected or mismatched or duplicates):
         return
     lines = [f"cannot convert {origin} ({fmt.description}) to {cfg.name}:"]
-    lines += _section("Missing source keys", missing)
-    lines += _section("Unexpected source keys", unexpected)
-    lines += _section("Shape mismatches", mismatched)
-    lines += _section("Duplicate keys", duplicates)
+    lines += section("Missing source keys", missing)
+    lines += section("Unexpected source keys", unexpected)
+    lines += section("Shape mismatches", mismatched)
+    lines += section("Duplicate keys", duplicates)
     fixes = []
     if missing:
         fixes.append(
@@ -307,7 +293,7 @@ def convert_state_dict_detailed(
         ckpt_num_frames=ckpt_num_frames,
         config_overrides=tuple((config_overrides or {}).items()),
     )
-    user_drops = _ignore_rules(ignore, names, origin)
+    user_drops = ignore_rules(ignore, names, origin)
     pos = _sincos_deviation(name, state, user_drops, origin)
     stored_pos = pos is not None and not pos[1] <= SINCOS_ATOL  # NaN counts as stored
     cfg, labels = formats.infer_config(spec, state, hf, opts, origin, stored_pos_embed=stored_pos)
@@ -371,9 +357,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], fmt: str = "auto", **optio
 
 
 def _provenance(source: readers.Source, conv: Conversion, options: Mapping[str, Any]) -> dict[str, Any]:
-    files = [
-        {"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in source.files
-    ]
+    files = file_records(source.files)
     used = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in options.items() if v is not None}
     used.pop("verbose", None)
     used.pop("progress", None)
@@ -390,16 +374,23 @@ def _provenance(source: readers.Source, conv: Conversion, options: Mapping[str, 
     }
 
 
-def convert_detailed(
+def convert_vision_detailed(
     src: str | Path, out: str | Path, *, fmt: str = "auto", overwrite: bool = False, **options: Any
 ) -> Conversion:
-    """Like :func:`convert`, returning the :class:`Conversion`."""
-    if fmt == "umt_retrieval" or options.get("vocab") is not None or options.get("text_config") is not None:
-        from checkpoints_convert.retrieval import convert_retrieval  # vision + text towers
+    """Convert a vision checkpoint file / HF model directory / ``hf:ORG/NAME`` into a tldr_jax
+    checkpoint directory (written atomically with :func:`tldr_jax.checkpoint.save`; on any error
+    nothing is left at ``out``).
 
-        return convert_retrieval(src, out, overwrite=overwrite, **options)  # type: ignore[return-value]
-    options.pop("vocab", None)
-    options.pop("text_config", None)
+    Args:
+      src, out, fmt, overwrite: as :func:`checkpoints_convert.convert`.
+      **options: everything :func:`convert_state_dict` accepts.
+
+    Returns:
+      The :class:`Conversion` (``.params``, drops, notes, ``.out``).
+
+    Raises:
+      ConversionError: see :func:`checkpoints_convert.convert`.
+    """
     out_path = output_path(out, overwrite)
     source = readers.read_source(src)
     conv = convert_state_dict_detailed(
@@ -409,52 +400,3 @@ def convert_detailed(
     write_output(save, conv.params, out_path, metadata=metadata, overwrite=overwrite)
     conv.out = out_path
     return conv
-
-
-def output_path(out: str | Path, overwrite: bool) -> Path:
-    """The absolute output directory, checked before any work: it may exist only with ``overwrite``."""
-    out_path = Path(out).expanduser().absolute()
-    if out_path.exists() and not overwrite:
-        raise ConversionError(
-            f"{out_path} already exists; pass --overwrite (overwrite=True) to replace it, or choose "
-            "another output path."
-        )
-    return out_path
-
-
-def write_output(
-    save_fn: Callable[..., Any], model: Any, out_path: Path, *, metadata: Mapping[str, Any], overwrite: bool
-) -> None:
-    """``save_fn(model, out_path, metadata=..., overwrite=...)`` (atomic), file errors as ConversionError."""
-    try:
-        save_fn(model, out_path, metadata=metadata, overwrite=overwrite)
-    except FileExistsError as e:
-        raise ConversionError(str(e)) from e
-    except OSError as e:
-        raise ConversionError(f"cannot write {out_path}: {e}") from e
-
-
-def convert(src: str | Path, out: str | Path, **options: Any) -> Params:
-    """Convert a checkpoint file / HF model directory / ``hf:ORG/NAME`` into a tldr_jax checkpoint.
-
-    The output is written atomically with :func:`tldr_jax.checkpoint.save`; on any error nothing is
-    left at ``out`` (and an existing ``out`` is untouched).
-
-    Args:
-      src: a ``.pth`` / ``.bin`` / ``.safetensors`` file, a Hugging Face model directory
-        (``config.json`` + weights) or ``"hf:ORG/NAME"``.
-      out: the checkpoint directory to create.
-      **options: ``fmt`` (default ``"auto"``), ``overwrite`` and everything
-        :func:`convert_state_dict` accepts; ``vocab`` (a ``vocab.txt``) and optionally ``text_config``
-        (a BERT ``config.json``) convert an official UMT retrieval checkpoint with both towers
-        (:mod:`checkpoints_convert.retrieval`).
-
-    Returns:
-      The converted :class:`~tldr_jax.api.Params` (also loadable with ``tldr_jax.checkpoint.load``), or a
-      :class:`tldr_jax.retrieval.RetrievalModel` for a retrieval conversion.
-
-    Raises:
-      ConversionError: unreadable / truncated / non-checkpoint source, unknown architecture,
-        missing / unexpected / mis-shaped keys, or an existing ``out`` without ``overwrite``.
-    """
-    return convert_detailed(src, out, **options).params

@@ -269,6 +269,7 @@ def _umt_fields(state: Mapping[str, np.ndarray], origin: str) -> dict[str, Any]:
         final_norm=True,
         pool="mean",
         pool_norm_eps=1e-6,
+        pool_norm="pool_norm.weight" in state,  # UMT_QA builds its encoder without pool_norm
         num_classes=0,
     )
     if "vision_proj.weight" in state:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,10 +38,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from checkpoints_convert import core, formats, readers, rules
+from checkpoints_convert.common import (
+    file_records,
+    ignore_rules,
+    json_safe,
+    output_path,
+    report_lines,
+    section,
+    write_output,
+)
 from checkpoints_convert.errors import ConversionError
 from checkpoints_convert.rules import Rule, Table, layernorm, linear
 from tldr_jax.checkpoint import flatten_tree, unflatten_tree
-from tldr_jax.files import sha256_file
 
 TEXT_PREFIX = "text_encoder."
 PRETRAIN_PREFIX = "text_encoder.bert."
@@ -63,7 +70,7 @@ def _bert_attention(src: str, dst: str) -> list[Rule]:
 _L = "text_encoder.encoder.layer.{i}"
 
 #: The text side of an official UMT checkpoint (keys after normalisation: ``text_encoder.bert.`` ->
-#: ``text_encoder.``) -> the text tree of :mod:`tldr_jax.retrieval.text`.
+#: ``text_encoder.``) -> the text tree of :mod:`tldr_jax.text.bert`.
 TEXT = Table(
     rules=(
         Rule("text_encoder.embeddings.word_embeddings.weight", "embeddings/word/embedding"),
@@ -135,8 +142,7 @@ class RetrievalConversion:
 
     def report_lines(self) -> list[str]:
         """What was dropped and decided, one line each."""
-        lines = [f"dropped {len(keys)} tensor(s): {group}" for group, keys in self.dropped.items()]
-        return lines + [f"note: {n}" for n in self.notes]
+        return report_lines(self.dropped, self.notes)
 
 
 def _normalise_text(keys: list[str], origin: str) -> tuple[dict[str, str], bool]:
@@ -180,7 +186,7 @@ def infer_text_config(
     Raises:
       ConversionError: no cross-attention layers, or ``bert`` contradicting the weights.
     """
-    from tldr_jax.retrieval.text import TextConfig
+    from tldr_jax.text.bert import TextConfig
 
     bert = dict(bert or {})
     notes: list[str] = []
@@ -215,8 +221,9 @@ def infer_text_config(
         "encoder_width": _shape(
             state, f"text_encoder.encoder.layer.{fusion}.crossattention.self.key.weight", origin
         )[1],
-        "embed_dim": _shape(state, "text_proj.weight", origin)[0],
     }
+    if "text_proj.weight" in state:  # a QA text tower has no ITC projection (checkpoints_convert.qa)
+        fields["embed_dim"] = _shape(state, "text_proj.weight", origin)[0]
     clash = [
         f"{theirs}={bert[theirs]} (weights: {fields[ours]})"
         for ours, theirs in _FROM_WEIGHTS.items()
@@ -267,7 +274,7 @@ def _text_side(
     ignore: list[tuple[str, str]],
 ) -> tuple[dict[str, Any], Any, dict[str, list[str]], list[str]]:
     """Map the text keys; returns the tree, the TextConfig, the drops and notes (raises on any gap)."""
-    from tldr_jax.retrieval.model import expected_text_shapes
+    from tldr_jax.text.bert import expected_text_shapes
 
     cfg, notes = infer_text_config(text_state, bert, origin)
     _check_position_ids(text_state, origin)
@@ -291,10 +298,10 @@ def _text_side(
     mismatched += [f"{names[k]}: {why}" for k, why in mapped.bad]
     if missing or unexpected or mismatched or mapped.duplicates:
         lines = [f"cannot convert the text tower of {origin}:"]
-        lines += core._section("Missing text weights", missing)
-        lines += core._section("Unexpected text keys", unexpected)
-        lines += core._section("Shape mismatches", mismatched)
-        lines += core._section("Duplicate keys", [f"{a} and {b} -> {t}" for t, a, b in mapped.duplicates])
+        lines += section("Missing text weights", missing)
+        lines += section("Unexpected text keys", unexpected)
+        lines += section("Shape mismatches", mismatched)
+        lines += section("Duplicate keys", [f"{a} and {b} -> {t}" for t, a, b in mapped.duplicates])
         lines.append(
             "Fix: pass the matching --text-config; drop unused keys explicitly with --ignore REGEX; "
             "re-download a truncated file."
@@ -319,8 +326,8 @@ def _read_json(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def read_vocab(path: str | Path) -> Any:
-    """The :class:`~tldr_jax.retrieval.Vocabulary` of a ``vocab.txt``."""
-    from tldr_jax.retrieval.model import Vocabulary
+    """The :class:`~tldr_jax.text.tokenizer.Vocabulary` of a ``vocab.txt``."""
+    from tldr_jax.text.tokenizer import Vocabulary
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -348,15 +355,21 @@ def convert_retrieval_state_dict(
 
     Args:
       state_dict: ``{name: tensor}``, optionally wrapped (``{"model": ...}``).
-      vocab: a :class:`~tldr_jax.retrieval.Vocabulary` or a token list.
+      vocab: a :class:`~tldr_jax.text.tokenizer.Vocabulary` or a token list.
       text_config: the BERT config dict (``config_bert.json``), or None.
       ignore: regexes of keys to drop explicitly (either side).
       **vision_options: the vision converter's options (``num_heads``, ``num_frames``, ``img_size``, ...).
     """
-    from tldr_jax.retrieval.model import RetrievalModel, Vocabulary, check_vocab
+    from tldr_jax.retrieval.model import RetrievalModel
+    from tldr_jax.text.tokenizer import Vocabulary, check_vocab
 
     raw = formats.unwrap_state_dict(state_dict, origin)
     stripped = formats.strip_ddp(raw.keys())
+    if any(short.startswith("text_decoder.") for short in stripped):
+        raise ConversionError(
+            f"{origin} holds an answer decoder (text_decoder.*): it is a UMT-QA checkpoint; convert it with "
+            "--format umt_qa."
+        )
     text_keys = [orig for short, orig in stripped.items() if TEXT_KEYS.match(short)]
     if not text_keys:
         raise ConversionError(
@@ -372,7 +385,7 @@ def convert_retrieval_state_dict(
     unmatched = [p for p in ignore if p not in text_ignore and p not in vision_ignore]
     if unmatched:
         raise ConversionError(f"--ignore {unmatched[0]!r} matches no key of {origin}; check the pattern.")
-    user = core._ignore_rules(text_ignore, names, origin)
+    user = ignore_rules(text_ignore, names, origin)
     vision = core.convert_state_dict_detailed(
         vision_state, "umt", origin=origin, ignore=vision_ignore, verbose=False, **vision_options
     )
@@ -406,20 +419,6 @@ def convert_retrieval_state_dict(
     return conv
 
 
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    if depth > 8:
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    return str(value)
-
-
 def convert_retrieval(
     src: str | Path,
     out: str | Path,
@@ -443,7 +442,7 @@ def convert_retrieval(
             "vocab.txt "
             "(bert-base-uncased's for UMT-B), or omit --text-config to convert the vision encoder alone."
         )
-    out_path = core.output_path(out, overwrite)
+    out_path = output_path(out, overwrite)
     voc = read_vocab(vocab)
     bert = _read_json(text_config, "text config") if isinstance(text_config, (str, Path)) else text_config
     source = readers.read_source(src)
@@ -452,27 +451,24 @@ def convert_retrieval(
         source.state, vocab=voc, text_config=bert, origin=source.label, **options
     )
     used = {k: v for k, v in options.items() if v is not None and k not in ("verbose", "progress")}
-    files = [
-        {"name": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in source.files
-    ]
     extra = [Path(p) for p in (vocab, text_config) if isinstance(p, (str, Path))]
-    files += [{"name": p.name, "sha256": sha256_file(p.expanduser())} for p in extra]
+    files = file_records(source.files) + file_records(extra, sizes=False)
     metadata = {
         "source": {
             "converter": "checkpoints_convert",
             "format": "umt_retrieval",
             "path": source.label,
             "files": files,
-            "options": _json_safe(used),
-            "text_config_file": _json_safe(bert) if bert else None,
+            "options": json_safe(used),
+            "text_config_file": json_safe(bert) if bert else None,
             "dropped": {g: len(k) for g, k in conv.dropped.items()},
             "notes": conv.notes,
         }
     }
     cfg = source.state.get("config") if isinstance(source.state, Mapping) else None
     if isinstance(cfg, Mapping):
-        metadata["source"]["training_config"] = _json_safe(cfg)
-    core.write_output(save_retrieval, conv.model, out_path, metadata=metadata, overwrite=overwrite)
+        metadata["source"]["training_config"] = json_safe(cfg)
+    write_output(save_retrieval, conv.model, out_path, metadata=metadata, overwrite=overwrite)
     conv.out = out_path
     return conv
 

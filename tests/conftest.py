@@ -269,3 +269,10 @@ def motion_folders(tmp_path_factory):
     (root / "train" / "left" / "corrupt.npy").write_bytes(b"this is not a numpy file")
     (root / "train" / "up" / "broken.mp4").write_bytes(b"\x00\x01 not a video")
     return root
+
+
+# The UMT retrieval golden data and its converted model, shared (session-scoped) by the multi-modal test
+# files; defined in retrieval_fixtures.py.
+# The UMT-QA / multiple-choice golden data and its converted models (issue 27); defined in qa_fixtures.py.
+from qa_fixtures import f32_qa_runs, mc_model, qa_gold, qa_model, qa_model_dir  # noqa: E402, F401
+from retrieval_fixtures import clip_dir, f32_runs, f64, gold, model, model_dir  # noqa: E402, F401

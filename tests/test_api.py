@@ -208,32 +208,70 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("method", ["vid_tldr", "tome"])
-def test_per_clip_and_chunked_attention_equal_standard(monkeypatch, method):
+def test_per_clip_and_chunked_attention_equal_standard(method):
     from tldr_jax import api
-    from tldr_jax.models import Attention
+    from tldr_jax.options import ApplyOptions, AttentionTuning
 
     params = tldr_jax.init(8, "vivit_b", **TINY)
     video = jax.random.normal(jax.random.key(8), (3, 4, 32, 32, 3))
     sched = tldr_jax.schedule(params, (3, 2))
-    kw = dict(
-        cfg=params.config, sched=sched, method=method, pool="mean", source="origin",
-        return_saliency=method == "vid_tldr", prop_attn=True,
-    )
 
-    def run(per_clip):  # a fresh jit: the Attention class attributes are read at trace time
-        fresh = jax.jit(api._forward.__wrapped__, static_argnames=api.FORWARD_STATIC)
-        return fresh(params.tree, video, per_clip=per_clip, **kw)
+    def run(per_clip, tuning):  # apply's own jit, with per_clip chosen here
+        opts = ApplyOptions(method=method, source="origin", return_saliency=method == "vid_tldr",
+                            attention=tuning)
+        return api._jitted(())(params.tree, video, cfg=params.config, sched=sched, per_clip=per_clip,
+                               opts=opts)
 
-    monkeypatch.setattr(Attention, "chunk_min_elements", 10**18)
-    standard = run(False)
-    per_clip = run(True)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 0)
-    monkeypatch.setattr(Attention, "query_chunk", 8)
-    chunked = run(False)
+    unchunked = AttentionTuning(chunk_min_elements=10**18)
+    standard = run(False, unchunked)
+    per_clip = run(True, unchunked)
+    chunked = run(False, AttentionTuning(chunk_min_elements=0, query_chunk=8))
     for other in (per_clip, chunked):
         np.testing.assert_allclose(other["tokens"], standard["tokens"], atol=1e-5)
         np.testing.assert_allclose(other["size"], standard["size"], atol=1e-5)
         np.testing.assert_array_equal(other["source"].owner, standard["source"].owner)
+
+
+def test_attention_tuning_between_calls_is_honoured():
+    """Changing ``attention=`` between two ``apply`` calls on the same weights and video compiles a
+    new program (the tuning is part of the jit cache key) that chunks where asked, with the same
+    outputs up to rounding; the defaults, spelled or not, share one program; bad fields are named."""
+    from tldr_jax import api
+    from tldr_jax.options import AttentionTuning
+
+    params = tldr_jax.init(3, "umt_b16", **TINY)
+    video = jax.random.normal(jax.random.key(3), (1, 4, 32, 32, 3))
+    forward = api._jitted(())
+    plain = tldr_jax.apply(params, video, 4)
+    size = forward._cache_size()
+    chunked_tuning = AttentionTuning(chunk_min_elements=0, query_chunk=8)
+    chunked = tldr_jax.apply(params, video, 4, attention=chunked_tuning)
+    assert forward._cache_size() == size + 1
+    tldr_jax.apply(params, video, 4, attention=AttentionTuning())  # the defaults: the first program
+    tldr_jax.apply(params, video, 4)
+    assert forward._cache_size() == size + 1
+    assert "stablehlo.while" in api.lower(params, video, 4, attention=chunked_tuning).as_text()
+    assert "stablehlo.while" not in api.lower(params, video, 4).as_text()
+    for key in ("tokens", "pooled", "size"):
+        np.testing.assert_allclose(getattr(chunked, key), getattr(plain, key), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="AttentionTuning.query_chunk must be an int >= 1; got 0"):
+        AttentionTuning(query_chunk=0)
+    with pytest.raises(TypeError, match="attention must be a tldr_jax.AttentionTuning or None"):
+        tldr_jax.apply(params, video, 4, attention={"query_chunk": 8})
+
+
+def test_lower_is_what_apply_compiles():
+    """``tldr_jax.api.lower`` returns the program ``apply`` runs: compiled and called with
+    ``(params.tree, video)`` it gives apply's outputs; it checks options like apply."""
+    from tldr_jax import api
+
+    params = tldr_jax.init(4, "umt_b16", **TINY)
+    video = jax.random.normal(jax.random.key(4), (1, 4, 32, 32, 3))
+    out = api.lower(params, video, 3, pool="weighted").compile()(params.tree, video)
+    ref = tldr_jax.apply(params, video, 3, pool="weighted")
+    np.testing.assert_array_equal(out["pooled"], ref.pooled)
+    with pytest.raises(TypeError, match="lower got unknown option"):
+        api.lower(params, video, 3, poool="mean")
 
 
 def _dot_precisions(params, video, **kwargs):

@@ -103,17 +103,18 @@ def test_command_line_covers_every_apply_option():
             assert flag in flags and dest in dests, (command, option)
     args = parser.parse_args(
         ["run", "--method", "tome", "--pool", "weighted", "--no-prop-attn", "--dtype", "bfloat16",
-         "--precision", "tensorfloat32", "--fast-compile"]
+         "--precision", "tensorfloat32", "--fast-compile", "--gpu-tuning", "tuned"]
     )
     opts = cli.apply_options(args)
     assert opts == ApplyOptions(method="tome", pool="weighted", prop_attn=False, dtype="bfloat16",
-                                precision="tensorfloat32", fast_compile=True)
+                                precision="tensorfloat32", fast_compile=True, gpu_tuning="tuned")
 
 
 def test_sharded_apply_and_run_directory_take_every_apply_option(params, video, tmp_path):
     """precision (once missing from sharded_apply) and every other option, non-default."""
     opts = dict(method="tome", pool="weighted", source="origin", return_saliency=True, prop_attn=False,
-                dtype="bfloat16", remat=True, precision="tensorfloat32", fast_compile=True)
+                dtype="bfloat16", remat=True, precision="tensorfloat32", fast_compile=True,
+                attention=tldr_jax.AttentionTuning(query_chunk=64), gpu_tuning="xla")
     assert set(opts) == set(APPLY_OPTIONS)
     ref = tldr_jax.apply(params, video, 2, **opts)
     out = parallel.sharded_apply(params, video, 2, **opts)

@@ -117,8 +117,8 @@ def test_bf16_precision_runs_apply_in_bfloat16_and_pytorch_under_autocast():
     """``--precision bf16``: tldr_jax runs apply(dtype=bfloat16) (its output moves from the float32
     one by bfloat16 rounding, not more), PyTorch calls run under autocast, merge variants refuse."""
     import numpy as np
-    import torch
 
+    torch = pytest.importorskip("torch")
     from benchmarks.backends import Context, _torch_call, prepare_jax
     from benchmarks.plan import quick_models
 

@@ -96,7 +96,7 @@ def test_run_bfloat16_casts_once_with_the_same_result(capsys, tmp_path, monkeypa
     casts = []
 
     def run(cast) -> dict:
-        monkeypatch.setattr(tldr_jax, "cast", cast)
+        monkeypatch.setattr(tldr_jax.api, "cast", cast)  # run.py takes cast from tldr_jax.api
         js = tmp_path / f"run{len(casts)}.json"
         code, _, err = run_cli(
             capsys, "run", "--tiny", "--repeat", "2", "--dtype", "bfloat16", "--no-baseline", "-q",

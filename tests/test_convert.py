@@ -717,3 +717,25 @@ def test_official_finetune_stored_pos_embed_options(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --num-frames 4 contradicts") and "--ignore" not in err
     assert _nothing_at(tmp_path / "out")
+
+
+def test_one_table_of_converters_by_kind(monkeypatch):
+    """The converter of a source is chosen in one place (checkpoints_convert.dispatch), by format or by
+    the options only that kind takes; another kind's option is refused before anything is read."""
+    from checkpoints_convert import dispatch
+
+    assert dispatch.converter_for("auto", {}) is dispatch.VISION
+    assert dispatch.converter_for("umt", {"vocab": None}) is dispatch.VISION
+    assert dispatch.converter_for("auto", {"vocab": "vocab.txt"}).kind == "umt_retrieval"
+    assert dispatch.converter_for("umt_retrieval", {}).kind == "umt_retrieval"
+    assert all(callable(c.function()) for c in (*dispatch.CONVERTERS, dispatch.VISION))
+    toy = dispatch.Converter("toy_qa", "checkpoints_convert.dispatch:_toy", formats=("toy_qa",),
+                             options=("answers",))
+    with monkeypatch.context() as m:  # a new kind is one entry; its options are kept from the others
+        m.setattr(dispatch, "_toy", lambda src, out, **kw: (src, out, kw), raising=False)
+        m.setattr(dispatch, "CONVERTERS", (*dispatch.CONVERTERS, toy))
+        assert dispatch.converter_for("toy_qa", {"vocab": None}) is toy
+        got = dispatch.convert_detailed("a", "b", fmt="toy_qa", vocab=None, text_config=None, answers=1)
+        assert got == ("a", "b", {"fmt": "toy_qa", "overwrite": False, "answers": 1})
+        with pytest.raises(ConversionError, match="vocab does not apply to a toy_qa conversion"):
+            dispatch.convert_detailed("a", "b", fmt="toy_qa", vocab="vocab.txt")

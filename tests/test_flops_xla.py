@@ -23,7 +23,7 @@ Two documented XLA behaviours:
   batch 1) into multiply + reduce, which then counts as elementwise; configs with a head are
   therefore checked at batch 2;
 * its module total counts a ``while`` loop body once, whatever the trip count. tldr_jax runs
-  large attention (``Attention.chunk_min_elements``) as a ``lax.map`` over query chunks,
+  large attention (``AttentionTuning.chunk_min_elements``) as a ``lax.map`` over query chunks,
   so ``benchmarks/xla_flops.py`` multiplies every op by its loops' ``known_trip_count``; the chunked
   cases below force that path on a tiny model.
 """
@@ -41,6 +41,7 @@ import pytest
 import tldr_jax
 from benchmarks.xla_flops import MatmulOp, xla_flops
 from tldr_jax.configs import ArchConfig
+from tldr_jax.options import AttentionTuning
 
 cap_warning = pytest.mark.filterwarnings("ignore::tldr_jax.schedule.ScheduleCapWarning")
 
@@ -79,7 +80,7 @@ def _batched_program():
         yield
 
 
-def _compile(arch: str, overrides: dict, r, batch: int, method: str):
+def _compile(arch: str, overrides: dict, r, batch: int, method: str, attention=None):
     params = tldr_jax.init(0, arch, **overrides)
     cfg = params.config
     video = jnp.zeros((batch, cfg.num_frames, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
@@ -87,7 +88,8 @@ def _compile(arch: str, overrides: dict, r, batch: int, method: str):
     def run(tree, video):
         # precision=None: the model's dots keep JAX's default precision (on CPU the same float32
         # arithmetic), so the merge similarity stays the one HIGHEST-precision dot (see _term).
-        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, r, method=method, precision=None)
+        out = tldr_jax.apply(tldr_jax.Params(tree, cfg), video, r, method=method, precision=None,
+                             attention=attention)
         return out.tokens, out.pooled, out.logits, out.embedding
 
     compiled = jax.jit(run).lower(params.tree, video).compile()
@@ -167,6 +169,7 @@ def test_xla_counts_two_flops_per_mac(fn, args, macs):
 
 
 @cap_warning
+@pytest.mark.slow  # the XLA FLOPs walk compiles every case once (compiled_cases)
 @pytest.mark.parametrize("case_id", [c[0] for c in CASES])
 def test_matmul_terms_match_analytic_exactly(compiled_cases, case_id):
     params, counts, r, batch, method = compiled_cases[case_id]
@@ -186,6 +189,7 @@ def test_matmul_terms_match_analytic_exactly(compiled_cases, case_id):
 
 
 @cap_warning
+@pytest.mark.slow  # the XLA FLOPs walk compiles every case once (compiled_cases)
 def test_merging_changes_exactly_the_expected_terms(compiled_cases):
     """Merging must shrink qkv/attn/proj/MLP by the schedule and add the similarity matmul only."""
     params, base, *_ = compiled_cases["umt-r0"]
@@ -207,20 +211,13 @@ def test_merging_changes_exactly_the_expected_terms(compiled_cases):
 
 
 @pytest.mark.parametrize("chunk", [16, 24])
-def test_chunked_attention_counts_every_chunk(monkeypatch, chunk):
+def test_chunked_attention_counts_every_chunk(chunk):
     """Query-chunked attention (``lax.map``): XLA's module total sees one chunk; the per-op walk with
     trip counts sees all of them, including the padded rows of a last partial chunk."""
-    from tldr_jax.models import Attention
-
-    # A config used nowhere else, so that no unchunked trace of it is cached by tldr_jax's jit.
     overrides = dict(UMT, depth=2, embed_dim=40, num_heads=2, mlp_dim=88)
-    # Force the chunked path (the threshold has been a token count and an element count).
-    monkeypatch.setattr(Attention, "chunk_min_tokens", 16, raising=False)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 1, raising=False)
-    monkeypatch.setattr(Attention, "query_chunk", chunk, raising=False)
-    monkeypatch.setattr(Attention, "cpu_head_rows", None, raising=False)  # all heads in each chunk
-    params, compiled = _compile("umt_b16", overrides, 0, 1, "vid_tldr")
-    jax.clear_caches()  # drop the chunked trace again
+    # Force the chunked path, all heads in each chunk.
+    tuning = AttentionTuning(chunk_min_elements=1, query_chunk=chunk, cpu_head_rows=None)
+    params, compiled = _compile("umt_b16", overrides, 0, 1, "vid_tldr", attention=tuning)
     counts = xla_flops(compiled)
     looped = [op for op in counts.ops if op.executions > 1]
     if not looped:
@@ -240,6 +237,7 @@ def test_chunked_attention_counts_every_chunk(monkeypatch, chunk):
 
 
 @cap_warning
+@pytest.mark.slow  # the XLA FLOPs walk compiles every case once (compiled_cases)
 @pytest.mark.parametrize("case_id", [c[0] for c in CASES])
 def test_elementwise_remainder_is_bounded(compiled_cases, case_id):
     """XLA's non-matmul flops (softmax, GELU, LayerNorm, merge bookkeeping) are positive and bounded.
@@ -263,18 +261,13 @@ def test_elementwise_remainder_is_bounded(compiled_cases, case_id):
 
 
 @pytest.mark.parametrize("chunk", [16, 24])
-def test_chunks_of_one_head_at_a_time_count_every_head(monkeypatch, chunk):
+def test_chunks_of_one_head_at_a_time_count_every_head(chunk):
     """CPU chunks that attend one head at a time (a scan over the heads inside the chunk loop): the
     per-op walk multiplies the nested trip counts (chunks x heads), so the attention products add up
     to the analytic count, padded query rows included, and nothing else runs in the loops."""
-    from tldr_jax.models import Attention
-
     overrides = dict(UMT, depth=2, embed_dim=40, num_heads=2, mlp_dim=88)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 1)
-    monkeypatch.setattr(Attention, "query_chunk", chunk)
-    monkeypatch.setattr(Attention, "cpu_head_rows", 512)
-    params, compiled = _compile("umt_b16", overrides, 0, 1, "vid_tldr")
-    jax.clear_caches()
+    tuning = AttentionTuning(chunk_min_elements=1, query_chunk=chunk, cpu_head_rows=512)
+    params, compiled = _compile("umt_b16", overrides, 0, 1, "vid_tldr", attention=tuning)
     counts = xla_flops(compiled)
     cfg = params.config
     n = cfg.num_tokens

@@ -24,6 +24,7 @@ def test_notebooks_exist():
         assert want in names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_tiny_mode(path, tmp_path, monkeypatch):
     book = nbformat.read(path, as_version=4)

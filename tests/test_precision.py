@@ -28,7 +28,6 @@ which the token sizes inherit.
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import jax.numpy as jnp
@@ -38,6 +37,7 @@ from conftest import F64_ATOL, as_float64, golden_output, golden_video
 
 import tldr_jax
 from tldr_jax.configs import get_config
+from tldr_jax.options import AttentionTuning
 from tldr_jax.schedule import resolve_schedule
 
 # dtype -> (tokens max abs, tokens rel L2, pooled max abs, pooled rel L2, size max abs)
@@ -113,9 +113,7 @@ def test_low_precision_products_accumulate_in_float32(dtype):
     sched = tldr_jax.schedule(params, 3)
 
     def hlo(dt):
-        return api._forward.lower(params.tree, video, cfg=params.config, sched=sched, method="vid_tldr",
-                                  pool="mean", source=None, return_saliency=False, prop_attn=True,
-                                  dtype=dt).as_text()
+        return api.lower(params, video, sched, dtype=dt).as_text()
 
     short = {"bfloat16": "bf16", "float16": "f16"}[dtype]
     products = [line for line in hlo(jnp.dtype(dtype)).splitlines()
@@ -134,8 +132,9 @@ def test_low_precision_products_accumulate_in_float32(dtype):
 # --------------------------------------------------------------------------------------------------
 
 
-def _attention_pair(monkeypatch, need, with_bias):
-    """(standard, chunked) outputs and input gradients of one attention layer, N = 37, chunks of 8."""
+def _attention_pair(need, with_bias, key_block=None):
+    """(standard, chunked) outputs and input gradients of one attention layer, N = 37, chunks of 8
+    (with ``key_block``: both key-blocked)."""
     import jax
     from flax import nnx
 
@@ -147,91 +146,88 @@ def _attention_pair(monkeypatch, need, with_bias):
     sizes = jax.random.uniform(jax.random.key(2), (2, 37), minval=1, maxval=4)
     log_size = jnp.log(sizes) if with_bias else None
 
-    def run():
+    def run(tuning):
         def f(y):
-            out, stats = attn(y, log_size, need)
+            out, stats = attn(y, log_size, need, tuning)
             return jnp.sum(out**2), (out, stats[need])
 
         (_, (out, aux)), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(x)
         return out, aux, grad
 
-    monkeypatch.setattr(Attention, "query_chunk", 8)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 10**18)
-    standard = run()
-    monkeypatch.setattr(Attention, "chunk_min_elements", 0)
-    return standard, run()
+    standard = AttentionTuning(query_chunk=8, chunk_min_elements=10**18, key_block=key_block)
+    return run(standard), run(standard.replace(chunk_min_elements=0))
 
 
-def test_cpu_cache_blocking_chooses_rows_by_need(monkeypatch):
+def test_cpu_cache_blocking_chooses_rows_by_need():
     """On CPU, layers above ``cpu_block_min_elements`` run in query chunks of ``cpu_head_rows`` (512)
     rows, one head at a time; with ``cpu_head_rows = None`` all heads at once, 512 rows where the
     vid-TLDR sharpness is computed and 128 elsewhere; a smaller ``chunk_min_elements`` (the memory
     guard) and its ``query_chunk`` still win; the chunked program has a loop (two: chunks, heads),
-    the small one none."""
+    the small one none; without ``cpu_blocking`` only the guard chunks."""
     import jax
     from flax import nnx
 
     from tldr_jax.models import Attention
+    from tldr_jax.models.layers import chunking
 
     assert jax.default_backend() == "cpu"
     cfg = get_config("umt_b16", embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
     attn = Attention(cfg, rngs=nnx.Rngs(0))
-    assert attn._chunking("sharpness") == (512, 2**22, False, True)
-    assert attn._chunking(None) == (512, 2**22, True, True)  # normalised after PV (softmax_values)
-    monkeypatch.setattr(Attention, "cpu_head_rows", None)
-    assert attn._chunking("sharpness") == (512, 2**22, False, False)
-    assert attn._chunking(None) == (128, 2**22, True, False)
-    assert attn._chunking("keys") == (128, 2**22, True, False)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 0)
-    assert attn._chunking(None) == (Attention.query_chunk, 0, True, False)
-    monkeypatch.setattr(Attention, "normalise_after_values", False)
-    assert attn._chunking(None) == (Attention.query_chunk, 0, False, False)
-    monkeypatch.setattr(Attention, "cpu_head_rows", 64)
-    assert attn._chunking(None) == (Attention.query_chunk, 0, False, True)  # the guard's rows win
-    monkeypatch.setattr(Attention, "chunk_min_elements", 2**28)
-    monkeypatch.setattr(Attention, "cpu_block_min_elements", 2**40)
-    assert attn._chunking("sharpness") == (Attention.query_chunk, 2**28, False, True)
+    t = AttentionTuning()
+    assert chunking(t, "sharpness") == (512, 2**22, False, True)
+    assert chunking(t, None) == (512, 2**22, True, True)  # normalised after PV (softmax_values)
+    assert chunking(t, None, backend="gpu") == (512, 2**28, False, False)
+    assert chunking(t.replace(cpu_blocking=False), None) == (512, 2**28, False, False)
+    t = t.replace(cpu_head_rows=None)
+    assert chunking(t, "sharpness") == (512, 2**22, False, False)
+    assert chunking(t, None) == (128, 2**22, True, False)
+    assert chunking(t, "keys") == (128, 2**22, True, False)
+    t = t.replace(chunk_min_elements=0)
+    assert chunking(t, None) == (t.query_chunk, 0, True, False)
+    t = t.replace(normalise_after_values=False)
+    assert chunking(t, None) == (t.query_chunk, 0, False, False)
+    t = t.replace(cpu_head_rows=64)
+    assert chunking(t, None) == (t.query_chunk, 0, False, True)  # the guard's rows win
+    t = t.replace(chunk_min_elements=2**28, cpu_block_min_elements=2**40)
+    assert chunking(t, "sharpness") == (t.query_chunk, 2**28, False, True)
 
-    monkeypatch.setattr(Attention, "cpu_block_min_elements", 2 * 2 * 40 * 40 - 1)  # B=2, H=2, N=40 above
-    monkeypatch.setattr(Attention, "cpu_head_rows", 8)
+    t = t.replace(cpu_block_min_elements=2 * 2 * 40 * 40 - 1, cpu_head_rows=8)  # B=2, H=2, N=40 above
     x = jax.random.normal(jax.random.key(0), (2, 40, 32))
 
-    def loops(n: int) -> int:
-        jaxpr = jax.make_jaxpr(lambda y: attn(y, None, None)[0])(x[:, :n])
+    def loops(n: int, tuning: AttentionTuning) -> int:
+        jaxpr = jax.make_jaxpr(lambda y: attn(y, None, None, tuning)[0])(x[:, :n])
         return str(jaxpr).count("scan[")
 
-    assert loops(40) == 2 and loops(39) == 0
-    monkeypatch.setattr(Attention, "cpu_head_rows", None)
-    monkeypatch.setattr(Attention, "cpu_block_rows", 8)
-    assert loops(40) == 1 and loops(39) == 0
+    assert loops(40, t) == 2 and loops(39, t) == 0
+    t = t.replace(cpu_head_rows=None, cpu_block_rows=8)
+    assert loops(40, t) == 1 and loops(39, t) == 0
+    assert loops(40, t.replace(cpu_blocking=False)) == 0
 
 
-def test_fast_compile_drops_the_cpu_blocking_and_keeps_the_numbers(monkeypatch):
+def test_fast_compile_drops_the_cpu_blocking_and_keeps_the_numbers():
     """``apply(..., fast_compile=True)``: no attention loop in the traced program (the blocked one has
     the chunk and head loops), the same outputs up to float rounding, compiled by its own jit (the one
     with XLA's older CPU emitter); a non-bool value is refused with the option's name."""
     import jax
 
     from tldr_jax import api
-    from tldr_jax.models import Attention
+    from tldr_jax.xla_options import FAST_COMPILE_XLA_CPU
 
-    monkeypatch.setattr(Attention, "cpu_block_min_elements", 1000)
-    monkeypatch.setattr(Attention, "cpu_head_rows", 16)
+    tuning = AttentionTuning(cpu_block_min_elements=1000, cpu_head_rows=16)
     params = tldr_jax.init(0, "umt_b16", depth=2, embed_dim=40, num_heads=2, mlp_dim=72, num_frames=4,
                            img_size=64)
     video = jax.random.normal(jax.random.key(4), (1, 4, 64, 64, 3))
-    sched = tldr_jax.schedule(params, (8, 4))
 
     def loops(fast: bool) -> int:
-        jaxpr = jax.make_jaxpr(functools.partial(
-            api._forward.__wrapped__, cfg=params.config, sched=sched, method="vid_tldr", pool="mean",
-            source=None, return_saliency=False, prop_attn=True, fast_compile=fast))(params.tree, video)
-        return str(jaxpr).count("scan[")
+        text = api.lower(params, video, (8, 4), fast_compile=fast, attention=tuning).as_text()
+        return text.count("stablehlo.while")
 
     assert loops(False) == 2 * 2 and loops(True) == 0  # 2 layers x (chunk loop, head loop)
-    before = api._forward_fast_compile._cache_size()
-    blocked, fast = (tldr_jax.apply(params, video, (8, 4), fast_compile=f) for f in (False, True))
-    assert api._forward_fast_compile._cache_size() == before + 1
+    fast_jit = api._jitted(tuple(sorted(FAST_COMPILE_XLA_CPU.items())))
+    before = fast_jit._cache_size()
+    blocked, fast = (tldr_jax.apply(params, video, (8, 4), fast_compile=f, attention=tuning)
+                     for f in (False, True))
+    assert fast_jit._cache_size() == before + 1
     np.testing.assert_allclose(np.asarray(fast.pooled), np.asarray(blocked.pooled), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(fast.size), np.asarray(blocked.size), rtol=1e-5)
     with pytest.raises(TypeError, match="fast_compile must be True or False; got 'yes'"):
@@ -268,10 +264,10 @@ def test_heads_one_by_one_equals_all_heads_in_float64(need, with_bias):
 
 @pytest.mark.parametrize("need,with_bias", [("sharpness", False), ("sharpness", True), ("keys", False),
                                             ("keys", True)])
-def test_chunked_attention_equals_standard(monkeypatch, need, with_bias):
+def test_chunked_attention_equals_standard(need, with_bias):
     """Chunked = unchunked (outputs, statistic, input gradients); without sharpness the chunks
     normalise after the value product (softmax_values), the standard path before it."""
-    (out_a, aux_a, grad_a), (out_b, aux_b, grad_b) = _attention_pair(monkeypatch, need, with_bias)
+    (out_a, aux_a, grad_a), (out_b, aux_b, grad_b) = _attention_pair(need, with_bias)
     np.testing.assert_allclose(out_b, out_a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux_b, aux_a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad_b, grad_a, rtol=1e-4, atol=1e-5)
@@ -309,30 +305,20 @@ def test_softmax_values_equals_softmax_then_values(with_bias):
     assert 0 < errors[1] < 2e-2, errors  # bfloat16 output: one unit in the last place is 2**-8 here
 
 
-def test_chunked_attention_keeps_golden_parity(monkeypatch, umt_golden_params, golden_f64):
+def test_chunked_attention_keeps_golden_parity(umt_golden_params, golden_f64):
     """The whole model with every layer chunked (8 query rows) still equals the official code, in
     float64 (1e-10; measured 3e-14 on the ``ints`` schedule, as unchunked)."""
-    import functools
-
     import jax
 
-    from tldr_jax import api
-    from tldr_jax.models import Attention
-
-    monkeypatch.setattr(Attention, "query_chunk", 8)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 0)
     cfg = umt_golden_params.config
     sched = resolve_schedule(
         _schedule(golden_f64, "ints"), num_tokens=cfg.num_tokens, depth=cfg.depth
     )
-    forward = functools.partial(  # a fresh jit: apply's cache may hold an unchunked trace
-        api._forward.__wrapped__, cfg=cfg, sched=sched, method="vid_tldr", pool="mean", source=None,
-        return_saliency=False, prop_attn=True,
-    )
+    chunked = AttentionTuning(query_chunk=8, chunk_min_elements=0)  # part of apply's cache key
     with jax.enable_x64(True):
         video = jnp.asarray(golden_video(golden_f64, np.float64))
-        out = jax.jit(forward)(as_float64(umt_golden_params).tree, video)
-        out = {k: np.asarray(out[k]) for k in ("tokens", "pooled", "size")}
+        out = tldr_jax.apply(as_float64(umt_golden_params), video, sched, attention=chunked)
+        out = {k: np.asarray(getattr(out, k)) for k in ("tokens", "pooled", "size")}
     for key in ("tokens", "pooled", "size"):
         assert out[key].dtype == np.float64
         np.testing.assert_allclose(out[key], golden_output(golden_f64, "ints", key), atol=F64_ATOL, rtol=0,
@@ -371,22 +357,18 @@ def test_blocked_attention_equals_standard_in_float64(need_sharpness, with_bias)
             assert sharp is None and ref_sharp is None
 
 
-def test_blocked_attention_layer_float32_and_gradients(monkeypatch):
+def test_blocked_attention_layer_float32_and_gradients():
     """The attention layer with ``key_block`` set: outputs, sharpness and input gradients equal the
     standard layer's in float32 (bias on: proportional attention)."""
-    from tldr_jax.models import Attention
-
-    standard, _ = _attention_pair(monkeypatch, "sharpness", True)
-    monkeypatch.setattr(Attention, "chunk_min_elements", 10**18)
-    monkeypatch.setattr(Attention, "key_block", 8)
-    blocked, _ = _attention_pair(monkeypatch, "sharpness", True)
+    standard, _ = _attention_pair("sharpness", True)
+    blocked, _ = _attention_pair("sharpness", True, key_block=8)
     for a, b in zip(standard, blocked):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_fused_attention_equals_standard(monkeypatch, with_bias):
-    """``Attention.fused`` (``jax.nn.dot_product_attention``, used on GPUs in low precision for layers
+def test_fused_attention_equals_standard(with_bias):
+    """``AttentionTuning.fused`` (``jax.nn.dot_product_attention``, used on GPUs in low precision for layers
     that need no statistic) gives the standard layer's output; forced on here, on CPU."""
     import jax
     from flax import nnx
@@ -400,8 +382,8 @@ def test_fused_attention_equals_standard(monkeypatch, with_bias):
     log_size = jnp.log(sizes) if with_bias else None
     outs = {}
     for fused in (False, True):
-        monkeypatch.setattr(Attention, "fused", fused)
-        outs[fused] = jax.jit(lambda y: attn(y, log_size, None))(x)
+        tuning = AttentionTuning(fused=fused)
+        outs[fused] = jax.jit(lambda y, t=tuning: attn(y, log_size, None, t))(x)
     assert outs[True][1] == {} and outs[False][1] == {}
     np.testing.assert_allclose(outs[True][0], outs[False][0], rtol=1e-5, atol=1e-6)
     assert not float(jnp.abs(outs[False][0]).max()) == 0.0

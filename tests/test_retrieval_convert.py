@@ -25,6 +25,7 @@ from checkpoints_convert import main as convert_main  # noqa: E402
 from checkpoints_convert import retrieval as conv  # noqa: E402
 from tldr_jax import retrieval as R  # noqa: E402
 from tldr_jax.checkpoint import CheckpointError, flatten_tree  # noqa: E402
+from tldr_jax.text.tokenizer import Vocabulary, default_vocab  # noqa: E402
 
 TEXT = R.TextConfig(
     vocab_size=20,
@@ -80,7 +81,7 @@ def test_golden_official_checkpoint_round_trips_exactly():
     if not path.exists():
         pytest.skip("golden retrieval checkpoint not found")
     ref = torch.load(path, weights_only=True)["model"]
-    vocab = R.Vocabulary.from_file(path.parent / "vocab.txt")
+    vocab = Vocabulary.from_file(path.parent / "vocab.txt")
     res = conv.convert_retrieval_state_dict(
         ref, vocab=vocab, text_config={"num_attention_heads": 2}, verbose=False, **OPTS
     )
@@ -159,7 +160,7 @@ def test_text_config_contradicting_the_weights_and_wrong_vocab_are_refused(model
     with pytest.raises(ConversionError, match="hidden_size=48"):
         convert_sd(official, model, text_config={**BERT, "hidden_size": 48})
     with pytest.raises(ConversionError, match="21 tokens"):
-        convert_sd(official, model, vocab=R.model.default_vocab(21))
+        convert_sd(official, model, vocab=default_vocab(21))
     noted = convert_sd(official, model, text_config={**BERT, "fusion_layer": 2})
     assert any("fusion_layer=2 ignored" in n for n in noted.notes)
     heads = convert_sd(official, model, text_config=None)

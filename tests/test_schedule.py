@@ -70,3 +70,24 @@ def test_bad_schedules(r, exc, pattern):
 def test_preset_for_arch_without_presets():
     with pytest.raises(ValueError, match="Presets are published for UMT"):
         tldr_jax.schedule("videomae_b", "msrvtt")
+
+
+def test_default_r_is_one_rule_for_every_entry_point():
+    """The published preset where it fits the model as published, else GENERIC_R (at most depth entries)."""
+    from tldr_jax.configs import get_config
+    from tldr_jax.schedule import DEFAULT_PRESET, GENERIC_R, default_r
+
+    umt = get_config("umt_b16")
+    assert default_r(umt) == DEFAULT_PRESET == "msrvtt"
+    assert default_r(umt, "didemo") == "didemo"  # a dataset's preset (tldr-jax retrieve --dataset)
+    assert default_r(umt, "no_such_preset") == GENERIC_R
+    assert default_r(get_config("videomae_b")) == GENERIC_R  # no presets published for VideoMAE
+    assert default_r(umt.replace(num_frames=2)) == GENERIC_R  # 600 merges would be capped on 2 frames
+    assert default_r(get_config("umt_b16", depth=1)) == GENERIC_R[:1]  # more entries than layers
+
+
+def test_format_r():
+    from tldr_jax.schedule import format_r
+
+    assert format_r((600, 200, 100)) == "600,200,100" and format_r([0.3, 0.2]) == "0.3,0.2"
+    assert format_r("msrvtt") == "msrvtt" and format_r(8) == "8"

@@ -9,14 +9,17 @@ import collections
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a local Ray cluster, a killed worker and a retry
+
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install -e '.[ray]')")
 
-from test_search import R_SPEC, tiny_model, write_clips  # noqa: E402
+from search_fixtures import R_SPEC, tiny_model, write_clips  # noqa: E402
 
 from tldr_jax import retrieval as R  # noqa: E402
 from tldr_jax.batch import MANIFEST, read_jsonl  # noqa: E402
-from tldr_jax.retrieval.ray_engine import FAIL_ONCE_ENV  # noqa: E402
+from tldr_jax.search import build_index, search  # noqa: E402
+from tldr_jax.search.ray_engine import FAIL_ONCE_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +36,11 @@ def test_ray_index_equals_single_process_and_survives_a_killed_worker(local_ray,
     write_clips(folder, n=4)
     marker = tmp_path / "killed.txt"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
-    on_ray = R.build_index(model_dir, folder, tmp_path / "ray_idx", r=R_SPEC, batch_size=2, keep_tokens=True,
+    on_ray = build_index(model_dir, folder, tmp_path / "ray_idx", r=R_SPEC, batch_size=2, keep_tokens=True,
                            engine="ray", actors=2, progress=False)
     assert marker.exists(), "the injected worker failure did not happen"
     monkeypatch.delenv(FAIL_ONCE_ENV)
-    local = R.build_index(model_dir, folder, tmp_path / "local_idx", r=R_SPEC, batch_size=2, keep_tokens=True,
+    local = build_index(model_dir, folder, tmp_path / "local_idx", r=R_SPEC, batch_size=2, keep_tokens=True,
                           progress=False)
 
     # Every file encoded exactly once: one result written per file, the killed worker's finished file
@@ -56,6 +59,6 @@ def test_ray_index_equals_single_process_and_survives_a_killed_worker(local_ray,
     np.testing.assert_allclose(on_ray.vectors, local.vectors, atol=1e-6)
     np.testing.assert_allclose(on_ray.tokens, local.tokens, atol=1e-5)
     for query in ("w1 w2", "w7 w3"):
-        a = R.search(on_ray, query, k=4, rerank=4, max_length=16)
-        b = R.search(local, query, k=4, rerank=4, max_length=16)
+        a = search(on_ray, query, k=4, rerank=4, max_length=16)
+        b = search(local, query, k=4, rerank=4, max_length=16)
         assert [h.video for h in a] == [h.video for h in b]

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-import tldr_jax
-from benchmarks.torch_reference import (
+torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[torch]')")
+
+import tldr_jax  # noqa: E402
+from benchmarks.torch_reference import (  # noqa: E402
     build_reference,
     from_params,
     resolve_counts,
@@ -30,9 +31,9 @@ from benchmarks.torch_reference import (
     state_dict_from_params,
     to_torch_video,
 )
-from tldr_jax.configs import get_config
-from tldr_jax.models import video_pos_table
-from tldr_jax.schedule import resolve_schedule
+from tldr_jax.configs import get_config  # noqa: E402
+from tldr_jax.models import video_pos_table  # noqa: E402
+from tldr_jax.schedule import resolve_schedule  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 GOLDEN_SCHEDULES = ("ints", "const4", "fractions", "zero", "capped")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any
 
@@ -14,8 +13,7 @@ from flax import nnx, struct
 from tldr_jax.configs import ArchConfig, get_config
 from tldr_jax.merge import TokenOrigin
 from tldr_jax.models import MergeSpec, VideoEncoder, saliencies
-from tldr_jax.models.layers import cpu_blocking
-from tldr_jax.numerics import is_low_precision
+from tldr_jax.numerics import is_low_precision, matmul_precision
 from tldr_jax.options import (
     COMPUTE_DTYPES,
     METHODS,
@@ -23,18 +21,20 @@ from tldr_jax.options import (
     PRECISIONS,
     SOURCES,
     ApplyOptions,
+    AttentionTuning,
     Method,
     Pool,
     SourceForm,
     check_dtype,
 )
 from tldr_jax.schedule import RSpec, Schedule, schedule_for
+from tldr_jax.xla_options import compiler_options, unknown_option
 
 Array = jax.Array
 # The option lists live in tldr_jax.options; these names stay importable from here.
 __all__ = [
     "METHODS", "POOLS", "PRECISIONS", "SOURCES", "Output", "Params", "apply", "build", "cast",
-    "config_for_video", "init", "params_config", "schedule", "validate_video",
+    "config_for_video", "init", "lower", "params_config", "schedule", "validate_video",
 ]
 
 
@@ -241,47 +241,32 @@ def schedule(
     return schedule_for(cfg, r)
 
 
-FORWARD_STATIC = (
-    "cfg", "sched", "method", "pool", "source", "return_saliency", "prop_attn", "dtype", "remat", "per_clip",
-    "precision", "fast_compile",
-)
-
-#: XLA options of ``apply(..., fast_compile=True)`` on CPU: the older CPU kernel emitter, which
-#: compiles many differently shaped layers faster and runs them a little slower (README).
-FAST_COMPILE_XLA_CPU: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+FORWARD_STATIC = ("cfg", "sched", "per_clip", "opts")
 
 
-@functools.partial(jax.jit, static_argnames=FORWARD_STATIC)
 def _forward(
     tree: dict[str, Any],
     video: Array,
     *,
     cfg: ArchConfig,
     sched: Schedule,
-    method: str,
-    pool: str,
-    source: str | None,
-    return_saliency: bool,
-    prop_attn: bool,
-    dtype: Any = None,
-    remat: bool = False,
-    per_clip: bool = False,
-    precision: str | None = "float32",
-    fast_compile: bool = False,
+    per_clip: bool,
+    opts: ApplyOptions,
 ) -> dict[str, Any]:
-    # The precision and the CPU blocking are resolved when each layer is traced: the contexts cover
-    # the whole body.
-    matmul = jax.default_matmul_precision(precision) if precision is not None else contextlib.nullcontext()
-    with matmul, cpu_blocking(not fast_compile):
-        if dtype is not None:
-            tree = _cast_tree(tree, dtype)
-            video = video.astype(dtype)
+    """The forward of :func:`apply` (jitted by :func:`_jitted`; every static setting is in its key)."""
+    with matmul_precision(opts.precision):  # resolved as each layer is traced: covers the whole body
+        if opts.dtype is not None:
+            tree = _cast_tree(tree, opts.dtype)
+            video = video.astype(opts.dtype)
         model = nnx.merge(_graphdef(cfg), tree)
-        specs = tuple(MergeSpec(r, method, sched.protected, prop_attn) for r in sched.r)
+        specs = tuple(MergeSpec(r, opts.method, sched.protected, opts.prop_attn) for r in sched.r)
+        attention = opts.attention_tuning()
 
         def run(clips: Array) -> dict[str, Any]:
-            out, intermediates = model(clips, specs, pool=pool, source=source, remat=remat)
-            return {**out, "saliency": saliencies(intermediates) if return_saliency else None}
+            out, intermediates = model(
+                clips, specs, pool=opts.pool, source=opts.source, remat=opts.remat, attention=attention
+            )
+            return {**out, "saliency": saliencies(intermediates) if opts.return_saliency else None}
 
         if not per_clip:
             return run(video)
@@ -289,9 +274,10 @@ def _forward(
         return jax.lax.map(lambda clip: jax.tree_util.tree_map(lambda a: a[0], run(clip[None])), video)
 
 
-_forward_fast_compile = jax.jit(
-    _forward.__wrapped__, static_argnames=FORWARD_STATIC, compiler_options=FAST_COMPILE_XLA_CPU
-)
+@functools.cache
+def _jitted(options: tuple[tuple[str, Any], ...] = ()) -> Any:
+    """:func:`_forward` under ``jax.jit`` with the XLA compiler ``options`` (one jit, and cache, per set)."""
+    return jax.jit(_forward, static_argnames=FORWARD_STATIC, compiler_options=dict(options) or None)
 
 
 def _cast_tree(tree: dict[str, Any], dtype: Any) -> dict[str, Any]:
@@ -312,8 +298,8 @@ def cast(params: Params, dtype: Any) -> Params:
     bfloat16 / float16 cast only the matmul and conv kernels (biases, norms and position tables stay
     float32, as under PyTorch autocast); float32 / float64 cast every leaf. ``apply`` on the result
     runs in that precision with or without ``dtype=`` and gives the same values as
-    ``apply(params, video, dtype=dtype)``, without casting the weights inside every call (UMT-B in
-    bfloat16: 85 M kernel weights, 70 ms of a 1.44 s call on a 2-core AMD EPYC; README).
+    ``apply(params, video, dtype=dtype)``, without casting the weights inside every call (for UMT-B
+    in bfloat16 a noticeable share of the call; README).
 
     Raises:
       TypeError: ``params`` is not :class:`Params`.
@@ -342,6 +328,8 @@ def apply(
     remat: bool = False,
     precision: str | None = "float32",
     fast_compile: bool = False,
+    attention: AttentionTuning | None = None,
+    gpu_tuning: str = "heuristic",
 ) -> Output:
     """Run a video encoder with token merging.
 
@@ -372,10 +360,16 @@ def apply(
         or another name of :data:`PRECISIONS`; ``None`` leaves JAX's setting in charge.
       fast_compile: compile faster and run slower, for schedules run once or a few times (CPU): the
         attention is not cache-blocked (no query chunks unless the memory guard needs them) and XLA
-        compiles with its older CPU kernel emitter (:data:`FAST_COMPILE_XLA_CPU`). Measured on UMT-B
-        with ``r = 50`` in every layer: compile 8.3 -> 4.4 s, run 3.46 -> 3.85 s (README). The
-        same function up to float rounding. Elsewhere only the blocking rule changes (it is CPU
-        only), and under an outer ``jax.jit`` the outer compile's XLA options apply.
+        compiles with its older CPU kernel emitter (:data:`~tldr_jax.xla_options.FAST_COMPILE_XLA_CPU`;
+        the trade is measured in the README). The same function up to float rounding. Elsewhere only
+        the blocking rule changes (it is CPU only).
+      attention: how attention is chunked and blocked, an
+        :class:`~tldr_jax.options.AttentionTuning` (None: its defaults); part of the compiled
+        program's cache key. The same function up to float rounding.
+      gpu_tuning: XLA's GEMM and autotuning settings for programs compiled on a GPU, one of
+        :data:`~tldr_jax.options.GPU_TUNINGS` (:mod:`tldr_jax.xla_options`); nothing changes on
+        CPU / TPU. Under an outer ``jax.jit`` the outer compile's XLA options apply instead of
+        ``fast_compile``'s and ``gpu_tuning``'s.
 
     Returns:
       :class:`Output`.
@@ -386,18 +380,63 @@ def apply(
     """
     opts = ApplyOptions(
         method=method, pool=pool, source=source, return_saliency=return_saliency, prop_attn=prop_attn,
-        dtype=dtype, remat=remat, precision=precision, fast_compile=fast_compile,
+        dtype=dtype, remat=remat, precision=precision, fast_compile=fast_compile, attention=attention,
+        gpu_tuning=gpu_tuning,
     )
+    forward, static, options = _program(params, video, r, opts)
+    try:
+        out = forward(params.tree, video, **static)
+    except Exception as err:  # noqa: BLE001 - re-raised unless XLA refused one of our options
+        _raise_unknown_option(err, options)
+        raise
+    return Output(**out, schedule=static["sched"])
+
+
+def lower(params: Params, video: Array, r: RSpec = 0, **options: Any) -> jax.stages.Lowered:
+    """The program ``apply(params, video, r, **options)`` runs, traced and lowered, not compiled.
+
+    For benchmarks and tools that measure compilation or memory: ``lower(...).compile()`` is what the
+    first ``apply`` call compiles (same jit, XLA options and cache key; ``.memory_analysis()``,
+    ``.cost_analysis()``, ``.as_text()``), and calling the compiled program with
+    ``(params.tree, video)`` returns the fields of :class:`Output` as a dict (without ``schedule``).
+    ``params.tree`` and ``video`` may be ``jax.ShapeDtypeStruct`` s (nothing is allocated).
+
+    Args:
+      params, video, r: as :func:`apply`.
+      **options: the keyword options of :func:`apply` (:data:`~tldr_jax.options.APPLY_OPTIONS`).
+
+    Returns:
+      ``jax.stages.Lowered``.
+
+    Raises:
+      ValueError / TypeError: as :func:`apply`, before any tracing.
+    """
+    opts = ApplyOptions.from_kwargs(options, where="lower")
+    forward, static, _ = _program(params, video, r, opts)
+    return forward.lower(params.tree, video, **static)
+
+
+def _program(
+    params: Params, video: Array, r: RSpec, opts: ApplyOptions
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Check the inputs and choose the jitted forward of a call: ``(jit, static arguments, XLA options)``."""
     cfg = params_config(params)
     validate_video(cfg, video)
     cfg = config_for_video(cfg, video)
-    sched = schedule_for(cfg, r)
-    per_clip = _per_clip_default(video)
-    forward = _forward
-    if opts.fast_compile and jax.default_backend() == "cpu" and not _traced(params.tree, video):
-        forward = _forward_fast_compile  # XLA options only on a top-level jit
-    out = forward(params.tree, video, cfg=cfg, sched=sched, per_clip=per_clip, **opts.kwargs())
-    return Output(**out, schedule=sched)
+    static = {"cfg": cfg, "sched": schedule_for(cfg, r), "per_clip": _per_clip_default(video), "opts": opts}
+    if _traced(params.tree, video):
+        return _jitted(()), static, {}  # XLA options only on a top-level jit
+    options = compiler_options(
+        jax.default_backend(), fast_compile=opts.fast_compile, gpu_tuning=opts.gpu_tuning
+    )
+    return _jitted(tuple(sorted(options.items()))), static, options
+
+
+def _raise_unknown_option(err: Exception, options: dict[str, Any]) -> None:
+    """Re-raise XLA's refusal of one of our compiler ``options`` as one clear line (else return)."""
+    line = unknown_option(err, options) if options else None
+    if line is not None:
+        raise RuntimeError(line) from None
 
 
 def _traced(*trees: Any) -> bool:

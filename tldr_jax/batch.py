@@ -29,7 +29,6 @@ match the model).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
@@ -38,7 +37,6 @@ import time
 import weakref
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,9 @@ import jax
 import numpy as np
 
 from tldr_jax.api import Output, Params, cast, config_for_video, params_config, validate_video
-from tldr_jax.files import atomic_output, write_text_atomic
+from tldr_jax.files import atomic_output, jsonable, write_text_atomic
 from tldr_jax.options import ApplyOptions, check_int
+from tldr_jax.prefetch import prefetch
 from tldr_jax.schedule import check_schedule
 from tldr_jax.video import CLIP_EXTENSIONS, Preprocessing, load_clip, preprocessing_for
 
@@ -177,20 +176,6 @@ def hash_tree(h: Any, tree: Any) -> None:
         h.update(np.ascontiguousarray(arr).tobytes())
 
 
-def _jsonable(value: Any) -> Any:
-    """Settings as JSON: dtypes by name, tuples as lists, anything else by ``repr``."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    try:
-        return np.dtype(value).name
-    except TypeError:
-        return repr(value)
-
-
 def run_settings(
     params: Params, spec: Preprocessing, r: Any, save_tokens: bool, options: dict[str, Any]
 ) -> dict[str, Any]:
@@ -199,11 +184,20 @@ def run_settings(
         "format": FORMAT_VERSION,
         "params": params_fingerprint(params),
         "arch": params.config.name,
-        "clip": _jsonable(dataclasses.asdict(spec)),
-        "r": _jsonable(r),
+        "clip": clip_settings(spec),
+        "r": jsonable(r),
         "save_tokens": bool(save_tokens),
-        "options": _jsonable(dict(sorted(options.items()))),
+        "options": jsonable(dict(sorted(options.items()))),
     }
+
+
+def clip_settings(spec: Preprocessing) -> dict[str, Any]:
+    """The preprocessing as JSON; ``trim_seconds`` only when set (so that results made before it
+    existed keep their run key)."""
+    clip = jsonable(dataclasses.asdict(spec))
+    if clip.get("trim_seconds") is None:
+        clip.pop("trim_seconds", None)
+    return clip
 
 
 def run_key(settings: dict[str, Any]) -> str:
@@ -271,36 +265,21 @@ class RunSummary:
 Item = tuple[Path, "np.ndarray | None", "str | None", list[str]]
 
 
-def _prefetch(
+def _read_ahead(
     paths: Sequence[Path], read: Callable[[Path, Callable[[str], None]], np.ndarray], workers: int, depth: int
 ) -> Iterator[Item]:
     """``(path, clip, None, notes)`` or ``(path, None, error, notes)`` in order, reading up to ``depth``
-    ahead; ``notes`` are the warnings the reader reported for that file."""
+    ahead (:func:`tldr_jax.prefetch.prefetch`); ``notes`` are the warnings the reader reported for that
+    file."""
 
-    def safe(path: Path) -> tuple[np.ndarray | None, str | None, list[str]]:
+    def safe(path: Path) -> Item:
         notes: list[str] = []
         try:
-            return read(path, notes.append), None, notes
+            return path, read(path, notes.append), None, notes
         except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
-            return None, f"{type(err).__name__}: {err}", notes
+            return path, None, f"{type(err).__name__}: {err}", notes
 
-    if workers <= 0:
-        for path in paths:
-            yield (path, *safe(path))
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: collections.deque[tuple[Path, Future]] = collections.deque()
-        it = iter(paths)
-        for path in it:
-            pending.append((path, pool.submit(safe, path)))
-            if len(pending) >= depth:
-                break
-        while pending:
-            path, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(safe, nxt)))
-            yield (path, *fut.result())
+    return prefetch(safe, paths, workers=workers, depth=depth)
 
 
 def _batches(
@@ -352,6 +331,7 @@ def run_directory(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     pad: bool = False,
+    preprocessing: Preprocessing | None = None,
     save_tokens: bool = False,
     mesh: Any = None,
     workers: int = 2,
@@ -376,6 +356,8 @@ def run_directory(
         of the device count), so one compiled program serves the whole run.
       sampling, normalization, mean, std, pad: preprocessing overrides (default: the model family's
         evaluation preprocessing, :func:`tldr_jax.video.preprocessing_for`).
+      preprocessing: the whole :class:`~tldr_jax.video.Preprocessing` instead of those overrides (e.g.
+        the retrieval evaluation's, trimming included: the index and the evaluation read clips alike).
       save_tokens: also store the ``(N', D)`` output tokens and their ``(N', 1)`` sizes.
       mesh: a device mesh for :func:`tldr_jax.parallel.sharded_apply` (default: all local devices).
       workers: threads reading and decoding ahead of the model (0: read in the main thread).
@@ -388,7 +370,7 @@ def run_directory(
         recorded; files may lie in sub-directories).
       output_name: names each result file, ``output_name(path) -> "KEY.npz"`` (default: the input's
         name + ``.npz``); e.g. a content hash, so that a changed file is recomputed and equal files
-        share one result (:mod:`tldr_jax.retrieval.index` does this).
+        share one result (:mod:`tldr_jax.search.build` does this).
       compile_cache: turn on JAX's persistent compilation cache (:func:`tldr_jax.enable_compile_cache`;
         ``TLDR_JAX_COMPILE_CACHE=0`` keeps it off) before compiling, so a rerun or resumed run loads
         the compiled program instead of compiling it again. It stays on for the rest of the process.
@@ -413,7 +395,8 @@ def run_directory(
     started = time.perf_counter()
     opts, spec, inputs, mesh = _validate_run(
         params, in_dir, out_dir, r=r, num_frames=num_frames, batch_size=batch_size, sampling=sampling,
-        normalization=normalization, mean=mean, std=std, pad=pad, mesh=mesh, workers=workers,
+        normalization=normalization, mean=mean, std=std, pad=pad, preprocessing=preprocessing, mesh=mesh,
+        workers=workers,
         flags={"save_tokens": save_tokens, "overwrite": overwrite, "progress": progress,
                "compile_cache": compile_cache},
         reader=reader, on_file_done=on_file_done, apply_kwargs=apply_kwargs, files=inputs,
@@ -464,7 +447,7 @@ def run_directory(
 
         enable_compile_cache()
     try:
-        items = _prefetch(todo, read, workers, depth=2 * padded)
+        items = _read_ahead(todo, read, workers, depth=2 * padded)
         for paths, clips, notes in _batches(items, batch_size, on_error):
             tic = time.perf_counter()
             batch_video = parallel.pad_batch(np.stack(clips), padded)
@@ -507,6 +490,24 @@ def _checked_clip(clip: Any, spec: Preprocessing) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def _preprocessing(params: Params, preprocessing: Any, **overrides: Any) -> Preprocessing:
+    """The run's preprocessing: ``preprocessing`` as given, or the model's with ``overrides``."""
+    if preprocessing is None:
+        return preprocessing_for(params.config, **overrides)
+    if not isinstance(preprocessing, Preprocessing):
+        raise TypeError(
+            "preprocessing must be a tldr_jax.video.Preprocessing or None; got "
+            f"{type(preprocessing).__name__}."
+        )
+    given = [k for k, v in overrides.items() if v not in (None, False)]
+    if given:
+        raise TypeError(
+            f"give preprocessing or the overrides {', '.join(given)}, not both (set them in the "
+            "Preprocessing)."
+        )
+    return preprocessing
+
+
 def _validate_run(
     params: Any,
     in_dir: Any,
@@ -520,6 +521,7 @@ def _validate_run(
     mean: Any,
     std: Any,
     pad: Any,
+    preprocessing: Any,
     mesh: Any,
     workers: Any,
     flags: dict[str, Any],
@@ -542,9 +544,9 @@ def _validate_run(
     for name, fn in (("reader", reader), ("on_file_done", on_file_done)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable or None; got {fn!r}.")
-    spec = preprocessing_for(
-        params.config, num_frames=num_frames, sampling=sampling, normalization=normalization, mean=mean,
-        std=std, pad=pad,
+    spec = _preprocessing(
+        params, preprocessing, num_frames=num_frames, sampling=sampling, normalization=normalization,
+        mean=mean, std=std, pad=pad,
     )
     dummy = jax.ShapeDtypeStruct((1, *spec.shape), np.float32)  # shape and frame count, no pixels
     try:

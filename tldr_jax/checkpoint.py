@@ -48,6 +48,7 @@ import numpy as np
 from tldr_jax.api import Params, init
 from tldr_jax.configs import ArchConfig
 from tldr_jax.files import atomic_directory
+from tldr_jax.version import __version__
 
 FORMAT = "tldr_jax.checkpoint"
 FORMAT_VERSION = 1
@@ -55,6 +56,9 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 #: How ``config.json`` records each array's checksum (``load`` verifies them; older checkpoints have none).
 CHECKSUM = "crc32"
+#: The kind of a vision-encoder checkpoint: ``config.json`` records no ``"kind"`` (other models record
+#: theirs, e.g. ``"umt_retrieval"``; :func:`tldr_jax.load` dispatches on it).
+VISION_KIND = "vision"
 
 __all__ = [
     "CHECKSUM",
@@ -62,6 +66,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "PARAMS_DIR",
+    "VISION_KIND",
     "CheckpointError",
     "CheckpointNotFoundError",
     "TreeDiff",
@@ -71,6 +76,7 @@ __all__ = [
     "load",
     "read_config",
     "read_info",
+    "read_kind",
     "save",
     "tree_checksums",
     "unflatten_tree",
@@ -198,8 +204,6 @@ def _check_params(params: Params) -> None:
 
 
 def _version() -> str:
-    from tldr_jax import __version__  # late import: tldr_jax/__init__ imports this module
-
     return __version__
 
 
@@ -329,6 +333,21 @@ def read_info(path: str | Path) -> dict[str, Any]:
             "Upgrade tldr_jax to load it."
         )
     return info
+
+
+def read_kind(path: str | Path) -> str:
+    """The kind of model a checkpoint directory holds: its ``config.json``'s ``"kind"``, or
+    :data:`VISION_KIND` when none is recorded (no arrays are read).
+
+    Raises:
+      CheckpointNotFoundError / CheckpointError: as :func:`read_info`, or a ``"kind"`` that is not a string.
+    """
+    kind = read_info(path).get("kind", VISION_KIND)
+    if not isinstance(kind, str) or not kind:
+        raise CheckpointError(
+            f"{Path(path) / CONFIG_FILE} has an invalid kind {kind!r}; the checkpoint is corrupt. {_REDO}"
+        )
+    return kind
 
 
 def _config_from_info(path: Path, info: Mapping[str, Any]) -> ArchConfig:
@@ -504,7 +523,10 @@ def read_config(path: str | Path) -> tuple[ArchConfig, tuple[str, ...] | None]:
 
 
 def load(path: str | Path) -> Params:
-    """Load a checkpoint written by :func:`save` (or the converter).
+    """Load a vision-encoder checkpoint written by :func:`save` (or the converter).
+
+    This loader reads vision encoders only; :func:`tldr_jax.load` (:mod:`tldr_jax.loading`) opens any
+    kind of checkpoint directory (a retrieval model too) and calls this one for a vision encoder.
 
     Returns:
       :class:`~tldr_jax.api.Params` with the stored tree (arrays on the default device, stored
@@ -512,15 +534,18 @@ def load(path: str | Path) -> Params:
 
     Raises:
       CheckpointNotFoundError: no directory at ``path``.
-      CheckpointError: missing ``config.json`` or ``params/``, a newer format, an invalid config, or a
-        tree that does not match the config (missing / unexpected / mis-shaped entries are listed).
+      CheckpointError: missing ``config.json`` or ``params/``, a newer format, an invalid config, a
+        tree that does not match the config (missing / unexpected / mis-shaped entries are listed), or
+        a checkpoint of another kind (e.g. a retrieval model: load it with ``tldr_jax.load``).
     """
     path = Path(path).expanduser()
     info = read_info(path)
-    if info.get("kind") == "umt_retrieval":  # vision + text towers: a tldr_jax.retrieval.RetrievalModel
-        from tldr_jax.retrieval.checkpoint import load as load_retrieval
-
-        return load_retrieval(path)
+    kind = info.get("kind", VISION_KIND)
+    if kind != VISION_KIND:
+        raise CheckpointError(
+            f"{path} holds a {kind!r} model, not a vision encoder: load it with tldr_jax.load({str(path)!r}) "
+            "(tldr_jax.checkpoint.load reads vision encoders only)."
+        )
     config = _config_from_info(path, info)
     labels = _labels_from_info(path, info)
     params_dir = path / PARAMS_DIR

@@ -59,6 +59,8 @@ class ArchConfig(DictConfig):
       final_norm: apply ``norm`` to the output tokens.
       pool: ``"mean"`` (UMT: ``pool_norm(mean)``; VideoMAE: ``fc_norm(mean)``) or ``"cls"`` (ViViT).
       pool_norm_eps: epsilon of ``pool_norm`` / ``fc_norm`` (VideoMAE's ``fc_norm`` uses 1e-5).
+      pool_norm: LayerNorm the mean-pooled vector (``pool_norm`` / ``fc_norm``); UMT's QA model has none,
+        so its ``pooled`` is the plain mean.
       num_classes: classifier outputs (0: no head).
       vision_proj_dim: UMT retrieval projection width (0: none).
       in_chans: input channels.
@@ -83,6 +85,7 @@ class ArchConfig(DictConfig):
     final_norm: bool = True
     pool: Literal["mean", "cls"] = "mean"
     pool_norm_eps: float = 1e-6
+    pool_norm: bool = True
     num_classes: int = 0
     vision_proj_dim: int = 0
     in_chans: int = 3

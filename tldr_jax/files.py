@@ -1,4 +1,5 @@
-"""Writing files atomically: a path holds either the complete new file or what it held before."""
+"""Writing files atomically (a path holds either the complete new file or what it held before), content
+hashes, and settings as JSON."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 PathLike = str | os.PathLike
 
-__all__ = ["atomic_directory", "atomic_output", "sha256_file", "write_text_atomic"]
+__all__ = ["atomic_directory", "atomic_output", "jsonable", "sha256_file", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -90,3 +94,17 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def jsonable(value: Any) -> Any:
+    """Settings as JSON: dtypes by name, tuples as lists, anything else by ``repr``."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return repr(value)

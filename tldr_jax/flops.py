@@ -140,7 +140,7 @@ def _tail_terms(cfg: ArchConfig, n_final: int) -> dict[str, int]:
     d = cfg.embed_dim
     return {
         "final_norm": _layernorm(n_final, d) if cfg.final_norm else 0,
-        "pool_norm": _layernorm(1, d) if cfg.pool == "mean" else 0,
+        "pool_norm": _layernorm(1, d) if cfg.pool == "mean" and cfg.pool_norm else 0,
         "head": d * cfg.num_classes + d * cfg.vision_proj_dim,
     }
 

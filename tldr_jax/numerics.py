@@ -6,13 +6,16 @@ as the official PyTorch code does under autocast; :func:`acc_dtype` is that rule
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 
 __all__ = [
-    "LOW_PRECISION", "acc_dtype", "dot_kwargs", "is_low_precision", "min_max", "safe_div", "xlogx",
+    "LOW_PRECISION", "acc_dtype", "dot_kwargs", "is_low_precision", "matmul_precision", "min_max",
+    "safe_div", "xlogx",
 ]
 
 #: Compute dtypes whose products run with float32 accumulation (``preferred_element_type``).
@@ -33,10 +36,20 @@ def dot_kwargs(dtype) -> dict:
     """Extra ``dot_general`` / ``einsum`` arguments for operands of ``dtype``.
 
     ``{"preferred_element_type": float32}`` for low precision (the product runs on the bfloat16 / float16
-    units and accumulates in float32, and XLA CPU then reaches about 2.5x its bfloat16-result speed);
+    units and accumulates in float32, which XLA CPU also runs faster than bfloat16 results; README);
     ``{}`` otherwise, so float32 / float64 programs stay exactly as they were.
     """
     return {"preferred_element_type": jnp.float32} if is_low_precision(dtype) else {}
+
+
+def matmul_precision(precision: str | None) -> contextlib.AbstractContextManager:
+    """The context that runs matrix products at ``precision`` (a name of ``tldr_jax.options.PRECISIONS``).
+
+    ``jax.default_matmul_precision(precision)``, or a no-op context for None (JAX's own setting stays in
+    charge). The one home of this rule: every compiled forward (vision, text, retrieval) traces its body
+    inside it.
+    """
+    return jax.default_matmul_precision(precision) if precision is not None else contextlib.nullcontext()
 
 
 def xlogx(p: Array) -> Array:

@@ -29,12 +29,16 @@ import numpy as np
 RSpec = int | float | str | Sequence[int | float] | None
 
 __all__ = [
+    "DEFAULT_PRESET",
+    "GENERIC_R",
     "PRESETS",
     "RSpec",
     "Schedule",
     "ScheduleCapWarning",
     "check_r_entry",
     "check_schedule",
+    "default_r",
+    "format_r",
     "lookup_preset",
     "parse_r",
     "per_layer",
@@ -266,6 +270,43 @@ def check_schedule(cfg: Any, r: RSpec) -> Schedule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScheduleCapWarning)
         return schedule_for(cfg, r)
+
+
+#: The ``r`` used where none is given and no published preset fits the model: merge 30 % then 20 % of
+#: the tokens in the first two layers.
+GENERIC_R: tuple[float, ...] = (0.3, 0.2)
+
+#: The preset used by default where one is published for the architecture (vid-TLDR's MSR-VTT schedule).
+DEFAULT_PRESET = "msrvtt"
+
+
+def default_r(cfg: Any, preset: str = DEFAULT_PRESET) -> RSpec:
+    """The ``r`` used when none is given (every command and entry point uses this one rule).
+
+    Args:
+      cfg: the model's :class:`~tldr_jax.configs.ArchConfig`, with the frames and image size it runs on.
+      preset: the preset wanted (e.g. a dataset's; default :data:`DEFAULT_PRESET`).
+
+    Returns:
+      ``preset`` where it is published for the architecture and fits ``cfg`` as published (no
+      capping, no more entries than layers); else :data:`GENERIC_R` (at most ``cfg.depth`` entries).
+    """
+    if preset in PRESETS.get(cfg.preset_arch, {}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ScheduleCapWarning)
+            try:
+                schedule_for(cfg, preset)
+                return preset
+            except (ScheduleCapWarning, ValueError):  # capped, or more entries than the model's layers
+                pass
+    return GENERIC_R[: cfg.depth]
+
+
+def format_r(r: RSpec) -> str:
+    """A short display form of an ``r`` spec: ``(600, 200, 100)`` -> ``"600,200,100"``, ``"msrvtt"``."""
+    if isinstance(r, (tuple, list)):
+        return ",".join(str(v) for v in r)
+    return str(r)
 
 
 def _number(text: str) -> int | float:

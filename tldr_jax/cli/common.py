@@ -1,44 +1,35 @@
 """What the ``tldr-jax`` commands share: ``--r`` and the other arguments, checks before any work, the
-clip for a model, progress lines, and forwarding to another tool's ``main``."""
+clip for a model, progress lines, and forwarding to another tool's ``main``.
+
+Floors of the command line, lowest first: :mod:`~tldr_jax.cli.base` (``PROG``, :class:`CliError`),
+:mod:`~tldr_jax.cli.sources` (``--model``), this module, one module per command, :mod:`~tldr_jax.cli.main`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import math
+import re
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PROG = "tldr-jax"
-
-#: The small random model of ``--tiny`` (fast on CPU; used by the tests and the offline notebooks).
-TINY_OVERRIDES: dict[str, Any] = dict(
-    depth=4, embed_dim=64, num_heads=2, mlp_dim=128, img_size=112, num_frames=4
-)
-
-#: Default ``--r`` for models without a published preset: merge 30 % then 20 % of the tokens in the
-#: first two layers.
-GENERIC_R: tuple[float, ...] = (0.3, 0.2)
-
-#: Preset used by default where one is published for the architecture (vid-TLDR's MSR-VTT schedule).
-DEFAULT_PRESET = "msrvtt"
+from tldr_jax.cli import sources
+from tldr_jax.cli.base import PROG, CliError
+from tldr_jax.cli.sources import TINY_OVERRIDES
+from tldr_jax.schedule import default_r, format_r
 
 __all__ = [
-    "APPLY_FLAGS", "GENERIC_R", "NOT_ON_CLI", "PROG", "TINY_OVERRIDES", "CliError", "add_apply_args",
-    "add_model_args", "apply_options", "check_job", "default_r", "format_r", "forward_main", "input_config",
-    "output_file", "parse_r", "positive_float", "positive_int", "read_clip", "resolve_r", "say", "seed",
-    "status", "Job",
+    "APPLY_FLAGS", "NOT_ON_CLI", "PROG", "TINY_OVERRIDES", "CliError", "Job", "add_apply_args",
+    "add_model_args", "apply_options", "as_flags", "check_job", "forward_main", "input_config", "output_file",
+    "parse_r", "positive_float", "positive_int", "read_clip", "resolve_r", "say", "seed", "status",
 ]
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,7 +39,7 @@ class CliError(Exception):
 
 def parse_r(text: str | None) -> Any:
     """Parse ``--r`` (see :func:`tldr_jax.schedule.parse_r`); None means "not given" (use
-    :func:`default_r`)."""
+    :func:`tldr_jax.schedule.default_r`)."""
     from tldr_jax.schedule import parse_r as parse_r_text
 
     if text is None:
@@ -59,32 +50,9 @@ def parse_r(text: str | None) -> Any:
         raise CliError(f"--{err}") from None
 
 
-def format_r(r: Any) -> str:
-    """A short display form of an ``r`` spec."""
-    if isinstance(r, tuple):
-        return ",".join(str(v) for v in r)
-    return str(r)
-
-
-def default_r(cfg: Any) -> Any:
-    """The ``--r`` used when none is given: the published MSR-VTT preset for UMT models it fits (no
-    capping, no more entries than layers), else :data:`GENERIC_R`."""
-    from tldr_jax.schedule import PRESETS, ScheduleCapWarning, schedule_for
-
-    if DEFAULT_PRESET in PRESETS.get(cfg.preset_arch, {}):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ScheduleCapWarning)
-            try:
-                schedule_for(cfg, DEFAULT_PRESET)
-                return DEFAULT_PRESET
-            except (ScheduleCapWarning, ValueError):  # capped, or more entries than the model's layers
-                pass
-    return GENERIC_R[: cfg.depth]
-
-
 def resolve_r(r: Any, cfg: Any) -> tuple[Any, Any]:
-    """The ``r`` spec (``--r`` parsed, or :func:`default_r`) and its schedule for ``cfg``; capping is
-    reported as a warning line."""
+    """The ``r`` spec (``--r`` parsed, or :func:`tldr_jax.schedule.default_r`) and its schedule for
+    ``cfg``; capping is reported as a warning line."""
     from tldr_jax.schedule import schedule_for
 
     if r is None:
@@ -137,6 +105,25 @@ def apply_options(args: argparse.Namespace) -> Any:
     return ApplyOptions(**{opt: getattr(args, dest) for opt, (_, dest) in APPLY_FLAGS.items()})
 
 
+@contextlib.contextmanager
+def as_flags(flags: Mapping[str, str]) -> Iterator[None]:
+    """Re-word the ``ValueError`` / ``TypeError`` messages of a Python API call with the command's flags
+    (``{"k": "--k"}``: ``k=5 exceeds rerank=2`` becomes ``--k 5 exceeds --rerank 2``), so that the API
+    keeps its checks in one place and the command line shows them in its own words."""
+    names = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, flags)) + r")=")
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        worded = names.sub(lambda m: flags[m.group(1)] + " ", str(err))
+        if worded == str(err):
+            raise
+        try:
+            again = type(err)(worded)
+        except Exception:  # an exception type with other constructor arguments: keep it as it is
+            raise err from None
+        raise again from err
+
+
 def status(args: argparse.Namespace, message: str) -> None:
     """A progress line on stderr (not with --quiet): results go to stdout as they come."""
     if not args.quiet:
@@ -156,7 +143,7 @@ class Job:
       opts: the :class:`~tldr_jax.options.ApplyOptions` of the flags.
       source: where ``--model`` points (:class:`~tldr_jax.cli.sources.ModelSource`; weights not loaded).
       cfg: the model's config for ``--frames``.
-      r, sched: the ``--r`` spec (or :func:`default_r`) and its schedule for ``cfg``.
+      r, sched: the ``--r`` spec (or :func:`tldr_jax.schedule.default_r`) and its schedule for ``cfg``.
     """
 
     opts: Any
@@ -169,8 +156,6 @@ class Job:
 def check_job(args: argparse.Namespace) -> Job:
     """``--r``, the apply options, ``--model`` (resolved, not loaded) and ``--frames``, all checked
     against the model before a video is decoded or a weight loaded."""
-    from tldr_jax.cli import sources
-
     r_spec = parse_r(args.r)
     opts = apply_options(args)
     source = sources.resolve_model(
@@ -247,18 +232,20 @@ APPLY_FLAGS: dict[str, tuple[str, str]] = {
     "dtype": ("--dtype", "dtype"),
     "precision": ("--precision", "precision"),
     "fast_compile": ("--fast-compile", "fast_compile"),
+    "gpu_tuning": ("--gpu-tuning", "gpu_tuning"),
 }
 #: ``apply`` options the command line leaves out, and why (a test keeps both lists complete).
 NOT_ON_CLI: dict[str, str] = {
     "source": "vis requests the O(N) source map itself; run prints no source map",
     "return_saliency": "vis requests the saliency itself; run prints none",
     "remat": "a memory saving for the backward pass, which run and vis do not take",
+    "attention": "a tldr_jax.AttentionTuning value (memory / speed of attention) for Python callers",
 }
 
 
 def add_apply_args(p: argparse.ArgumentParser) -> None:
     """The ``apply`` options of :data:`APPLY_FLAGS`, with the allowed values of :mod:`tldr_jax.options`."""
-    from tldr_jax.options import COMPUTE_DTYPES, METHODS, POOLS, PRECISIONS, ApplyOptions
+    from tldr_jax.options import COMPUTE_DTYPES, GPU_TUNINGS, METHODS, POOLS, PRECISIONS, ApplyOptions
 
     d = ApplyOptions()
     p.add_argument("--method", choices=METHODS, default=d.method, help="merge method (default vid_tldr)")
@@ -271,6 +258,8 @@ def add_apply_args(p: argparse.ArgumentParser) -> None:
                    help="float32 matrix-product precision (default float32, the official numerics)")
     p.add_argument("--fast-compile", action="store_true",
                    help="compile faster, run slower on CPU (for schedules tried once; README)")
+    p.add_argument("--gpu-tuning", choices=GPU_TUNINGS, default=d.gpu_tuning,
+                   help="XLA GEMM/autotuning settings on a GPU (default heuristic: cuBLAS, fast compiles)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

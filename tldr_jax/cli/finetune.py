@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tldr_jax.cli.common import parse_r
+from tldr_jax.cli.sources import load_model
 from tldr_jax.schedule import RSpec
 from tldr_jax.train.config import FinetuneConfig
 
@@ -80,13 +81,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "finetune",
         help="fine-tune a video classifier on a labelled-video folder, with token merging active",
         description=(
-            "Fine-tune MODEL (a tldr_jax checkpoint, or an architecture name for a random init) on "
+            "Fine-tune MODEL (a tldr_jax checkpoint, a source checkpoint or hf:ORG/NAME as run's --model "
+            "takes it, or an architecture name for a random init) on "
             "TRAIN (one sub-folder per class with video files or .npy clips). The train state is saved "
             "in OUT/state (rerun the same command to resume) and the best model by validation top-1 is "
             "exported to OUT/best."
         ),
     )
-    p.add_argument("model", help="checkpoint folder (tldr_jax.load) or architecture name (random init)")
+    p.add_argument("model", help="the model, as run's --model takes it: a tldr_jax checkpoint directory (a "
+                                 "retrieval model: its vision encoder), a PyTorch checkpoint or Hugging Face "
+                                 "model directory, hf:ORG/NAME (converted once and cached), or an "
+                                 "architecture name (random init)")
     p.add_argument("train", help="labelled-video folder: TRAIN/<class>/<clip>")
     p.add_argument(
         "--out", required=True, help="run folder (train state in OUT/state, best model in OUT/best)"
@@ -122,20 +127,6 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _load_model(spec: str, overrides: list[tuple[str, Any]]) -> Any:
-    if Path(spec).exists():
-        from tldr_jax import checkpoint
-
-        if overrides:
-            raise ValueError("--override only applies to a random init from an architecture name.")
-        return checkpoint.load(spec)
-    from tldr_jax.api import init
-    from tldr_jax.configs import get_config
-
-    cfg = get_config(spec, **dict(overrides))
-    return init(0, cfg)
-
-
 def finetune_main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax finetune`` from parsed arguments; returns the exit status.
 
@@ -148,7 +139,7 @@ def finetune_main(args: argparse.Namespace) -> int:
     for flag, folder in (("TRAIN", args.train), ("--val", args.val)):
         if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"{flag} {folder!r}: no such directory (one sub-folder per class).")
-    params = _load_model(args.model, args.override)
+    params = load_model(args.model, overrides=dict(args.override), flag="MODEL").params
     folder_kwargs = {"sampling": args.sampling} if args.sampling else {}
     result = finetune(
         params,

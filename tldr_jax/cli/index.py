@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from tldr_jax.cli import common
+from tldr_jax.cli import common, sources
+from tldr_jax.schedule import default_r, format_r
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,8 +28,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("videos", help="folder of video files / .npy clips (searched recursively)")
     p.add_argument("--model", "-m", required=True,
-                   help="retrieval model directory (python -m checkpoints_convert ret.pth OUT --vocab "
-                        "vocab.txt)")
+                   help="retrieval model directory (tldr-jax convert ret.pth OUT --vocab vocab.txt)")
     p.add_argument("--out", "-o", required=True, help="index directory (created, or updated)")
     p.add_argument("--r", type=common.r_type, default=None,
                    help="vid-TLDR schedule (preset, '600,200,100', fraction, 0 = no merging); default msrvtt "
@@ -54,20 +53,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def default_r(model: str) -> Any:
-    """The msrvtt preset where it is published and fits the model's config, else the generic schedule
-    (:func:`tldr_jax.cli.common.default_r`); "msrvtt" when the config cannot be read (the build reports
-    why)."""
-    from tldr_jax.checkpoint import read_config
-
-    path = Path(model).expanduser()
-    try:
-        cfg, _ = read_config(path)
-    except Exception:  # noqa: BLE001 - the model is checked (and reported) by build_index
-        return "msrvtt"
-    return common.default_r(cfg)
-
-
 def size(n: int) -> str:
     """Bytes in B / KiB / MiB / GiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -79,12 +64,15 @@ def size(n: int) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax index``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
-    from tldr_jax.retrieval.index import build_index
+    from tldr_jax.search.build import build_index
 
     opts = common.apply_options(args).non_default()
-    r = args.r if args.r is not None else default_r(args.model)
+    source = sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet)
+    frames = source.config.num_frames if args.frames is None else args.frames
+    r = args.r if args.r is not None else default_r(source.config.replace(num_frames=frames))
     index = build_index(
-        args.model, args.videos, args.out, r=r, batch_size=args.batch_size, keep_tokens=args.keep_tokens,
+        str(source.path), args.videos, args.out, r=r, batch_size=args.batch_size,
+        keep_tokens=args.keep_tokens,
         approximate=args.approximate, num_frames=args.frames, engine=args.engine, actors=args.actors,
         skip_unreadable=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet, **opts,
     )
@@ -98,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     )
     merging = "vid-TLDR on" if s["vid_tldr"] else "no merging"
     common.say(
-        f"model   {index.info['model_dir']}: {s['arch']}, {s['num_frames']} frames, r={common.format_r(r)}: "
+        f"model   {index.info['model_dir']}: {s['arch']}, {s['num_frames']} frames, r={format_r(r)}: "
         f"{s['tokens'][0]} -> {s['tokens'][-1]} tokens per video ({merging})"
     )
     tokens = (f", tokens {size(b['tokens'])} ({size(b['tokens_unmerged'])} without merging)"

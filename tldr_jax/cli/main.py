@@ -19,9 +19,11 @@ for the traceback. Warnings (a capped schedule, a truncated video) are one line 
 
 One module per command (:mod:`~tldr_jax.cli.run`, :mod:`~tldr_jax.cli.vis`,
 :mod:`~tldr_jax.cli.finetune`, :mod:`~tldr_jax.cli.convert`, :mod:`~tldr_jax.cli.bench`,
-:mod:`~tldr_jax.cli.retrieve`), each with
+:mod:`~tldr_jax.cli.retrieve`, :mod:`~tldr_jax.cli.index`, :mod:`~tldr_jax.cli.search`), each with
 its ``add_parser``; what they share is in :mod:`~tldr_jax.cli.common` and
-:mod:`~tldr_jax.cli.sources` (``--model``).
+:mod:`~tldr_jax.cli.sources` (``--model``: every command takes the same model sources), above
+:mod:`~tldr_jax.cli.base` (``PROG``, ``CliError``). A new command is one module and one entry in
+:data:`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from typing import Any
 from tldr_jax.cli import bench, convert, finetune, retrieve, run, vis
 from tldr_jax.cli import index as index_cmd
 from tldr_jax.cli import search as search_cmd
-from tldr_jax.cli.common import PROG, CliError
+from tldr_jax.cli.base import PROG, CliError
 
-__all__ = ["FORWARDED", "USER_ERRORS", "build_parser", "main", "one_line"]
+__all__ = ["COMMANDS", "FORWARDED", "USER_ERRORS", "build_parser", "main", "one_line"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +52,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 FORWARDED: tuple[str, ...] = ("convert", "bench")
+
+#: The command modules, in ``--help`` order: each has ``add_parser(subparsers)``.
+COMMANDS: tuple[Any, ...] = (run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in (run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd):
+    for command in COMMANDS:
         command.add_parser(sub)
     return parser
 

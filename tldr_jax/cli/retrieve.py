@@ -27,10 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from tldr_jax.cli import common
-
-#: Merge schedule used when neither --r nor a dataset preset published for the architecture is given.
-GENERIC_R: tuple[float, ...] = (0.3, 0.2)
+from tldr_jax.cli import common, sources
+from tldr_jax.schedule import DEFAULT_PRESET, default_r, format_r, schedule_for
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "txt_r1",
@@ -56,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument(
-        "--model", "-m", required=True, help="retrieval model directory (checkpoints_convert --vocab)"
+        "--model", "-m", required=True, help="retrieval model directory (tldr-jax convert ... --vocab)"
     )
     p.add_argument(
         "--videos",
@@ -147,29 +145,21 @@ def video_files(spec: str) -> list[Path]:
     raise FileNotFoundError(f"--videos {spec}: no such directory or list file.")
 
 
-def _load_model(spec: str) -> Any:
-    from tldr_jax.retrieval.checkpoint import load_retrieval_model
-
-    return load_retrieval_model(Path(spec).expanduser(), what=f"--model {spec}")
-
-
 def _resolve(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     """k, r, max_length, frames, trim from the flags, the dataset preset and the model."""
-    import tldr_jax
     from tldr_jax.retrieval.presets import get_dataset
 
     preset = get_dataset(args.dataset) if args.dataset else None
+    frames = args.frames or (preset.num_frames if preset else cfg.num_frames)
+    run_cfg = cfg.replace(num_frames=frames)
     r = args.r
     r_note = ""
     if r is None:
-        name = preset.r if preset else "msrvtt"
-        if name in tldr_jax.PRESETS.get(cfg.preset_arch, {}):
-            r = name
-        else:
-            r = GENERIC_R[: cfg.depth]
-            r_note = f" (no '{name}' schedule is published for {cfg.name})"
-    frames = args.frames or (preset.num_frames if preset else cfg.num_frames)
-    sched = tldr_jax.schedule(cfg, r, num_frames=frames)  # ValueError for a bad r, before weights are read
+        name = preset.r if preset else DEFAULT_PRESET
+        r = default_r(run_cfg, name)
+        if r != name:
+            r_note = f" (the '{name}' schedule is not published for {cfg.name}, or does not fit it)"
+    sched = schedule_for(run_cfg, r)  # ValueError for a bad r, before weights are read
     return {
         "k": args.k or (preset.k_test if preset else 128),
         "r": r,
@@ -179,10 +169,6 @@ def _resolve(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "num_frames": frames,
         "trim_seconds": preset.trim_seconds if preset else None,
     }
-
-
-def _fmt_r(r: Any) -> str:
-    return ",".join(str(v) for v in r) if isinstance(r, tuple) else str(r)
 
 
 def _row(label: str, metrics: dict[str, float], timing: dict[str, float] | None) -> str:
@@ -208,7 +194,8 @@ def _evaluate(
     args: argparse.Namespace, model: Any, opts: dict[str, Any], files: list[Path]
 ) -> dict[str, Any]:
     from tldr_jax.retrieval import annotations as ann
-    from tldr_jax.retrieval.evaluation import encode_texts, evaluate
+    from tldr_jax.retrieval.evaluation import evaluate
+    from tldr_jax.retrieval.features import encode_texts
 
     clean = not args.raw_captions
     if args.annotations:
@@ -224,7 +211,7 @@ def _evaluate(
         flush=True,
     )
     text = encode_texts(model, data.texts, max_length=opts["max_length"])
-    runs = [("vid-TLDR r=" + _fmt_r(opts["r"]), opts["r"])]
+    runs = [("vid-TLDR r=" + format_r(opts["r"]), opts["r"])]
     if not args.no_baseline:
         runs.append(("no merging", 0))
     out: dict[str, Any] = {"runs": []}
@@ -273,8 +260,9 @@ def _evaluate(
 
 
 def _query(args: argparse.Namespace, model: Any, opts: dict[str, Any], files: list[Path]) -> dict[str, Any]:
-    from tldr_jax.retrieval.annotations import pre_text
-    from tldr_jax.retrieval.evaluation import encode_texts, encode_videos, rerank
+    from tldr_jax.retrieval.features import encode_texts, encode_videos
+    from tldr_jax.retrieval.fusion import rerank
+    from tldr_jax.text.tokenizer import pre_text
 
     t0 = time.perf_counter()
     vid = encode_videos(
@@ -295,7 +283,7 @@ def _query(args: argparse.Namespace, model: Any, opts: dict[str, Any], files: li
     out: dict[str, Any] = {"queries": []}
     for q, raw in enumerate(args.query):
         order = np.argsort(t2i[q])[::-1][: args.top]
-        print(f"query   {raw!r} (r={_fmt_r(opts['r'])}; {len(files)} videos)")
+        print(f"query   {raw!r} (r={format_r(opts['r'])}; {len(files)} videos)")
         ranked = []
         for rank, v in enumerate(order, 1):
             itm = float(t2i[q, v])
@@ -309,25 +297,20 @@ def _query(args: argparse.Namespace, model: Any, opts: dict[str, Any], files: li
 
 def main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax retrieve``; returns the exit status (0). Bad inputs raise ValueError / OSError."""
-    from tldr_jax.checkpoint import read_config
-
     if not (args.captions or args.annotations or args.query):
         raise ValueError(
             "give --captions FILE (or --annotations FILE) to evaluate, or --query TEXT to rank videos."
         )
     files = video_files(args.videos)
-    cfg, _ = (
-        read_config(Path(args.model).expanduser()) if Path(args.model).expanduser().is_dir() else (None, None)
-    )
-    if cfg is None:
-        raise FileNotFoundError(f"--model {args.model}: no such directory.")
+    source = sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet)
+    cfg = source.config
     opts = _resolve(args, cfg)
-    model = _load_model(args.model)
+    model = source.load()
     tc = model.text_config
     print(
         f"model   {args.model}: {cfg.name} (depth {cfg.depth}, width {cfg.embed_dim}) + BERT "
         f"({tc.num_layers} layers, "
-        f"fusion from {tc.fusion_layer}); r={_fmt_r(opts['r'])}{opts['r_note']}: "
+        f"fusion from {tc.fusion_layer}); r={format_r(opts['r'])}{opts['r_note']}: "
         f"{' -> '.join(str(t) for t in opts['schedule'].tokens[:1] + opts['schedule'].tokens[-1:])} tokens",
         flush=True,
     )

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tldr_jax.cli import common
+from tldr_jax.schedule import format_r
 
 __all__ = ["add_parser", "cmd_run"]
 
@@ -32,44 +33,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     Every argument is checked (``--r`` against the model's config) before weights are loaded or the
     video decoded; results are printed as they come, progress goes to stderr.
     """
-    import tldr_jax
+    from tldr_jax.api import apply, cast
+    from tldr_jax.flops import gflops
 
     json_path = common.output_file(args.json, "--json")
     job = common.check_job(args)
     opts, source, cfg, r, sched, method = job.opts, job.source, job.cfg, job.r, job.sched, job.opts.method
-    g_base = tldr_jax.gflops(cfg, r=0, method=method)
-    g_merged = tldr_jax.gflops(cfg, r=r, method=method)
+    g_base = gflops(cfg, r=0, method=method)
+    g_merged = gflops(cfg, r=r, method=method)
     clip, clip_desc, _ = common.read_clip(args, cfg)
     x = clip[None]
     loading = "random weights: initialising ..." if source.random_weights else "loading the weights ..."
     common.status(args, loading)
     params = source.load()
     if opts.dtype is not None:  # the kernels cast once, not inside every timed call (same values)
-        params = tldr_jax.cast(params, opts.dtype)
+        params = cast(params, opts.dtype)
     common.say(f"model      {source.description}")
     common.say(
         f"           {cfg.name}, {params.num_params() / 1e6:.2f}M params, depth {cfg.depth}, "
         f"{cfg.num_tokens} tokens"
     )
-    common.say(f"merging    {method}, r={common.format_r(r)}: {sched}")
+    common.say(f"merging    {method}, r={format_r(r)}: {sched}")
     change = 100 * (g_merged / g_base - 1)
     common.say(f"GFLOPs     baseline {g_base:.6g} | merged {g_merged:.6g} ({change:+.1f}%)")
     result: dict[str, Any] = {
         "video": clip_desc, "model": source.description, "random_weights": source.random_weights,
-        "arch": cfg.name, "num_params": params.num_params(), "method": method, "r": common.format_r(r),
+        "arch": cfg.name, "num_params": params.num_params(), "method": method, "r": format_r(r),
         "options": {k: str(v) for k, v in opts.non_default().items()},
         "schedule_r": list(sched.r), "tokens": list(sched.tokens),
         "gflops_baseline": g_base, "gflops_merged": g_merged,
     }
 
     common.status(args, "compiling and running with merging (the first call compiles) ...")
-    out, compile_m, steady_m = _timed(lambda: tldr_jax.apply(params, x, r, **opts.kwargs()), args.repeat)
+    out, compile_m, steady_m = _timed(lambda: apply(params, x, r, **opts.kwargs()), args.repeat)
     result["time_merged"] = _timing(compile_m, steady_m)
     common.say(f"time       merged: {_timing_text(compile_m, steady_m)} (median of {args.repeat})")
     base = None
     if not args.no_baseline:
         common.status(args, "compiling and running without merging ...")
-        base, compile_b, steady_b = _timed(lambda: tldr_jax.apply(params, x, 0, **opts.kwargs()), args.repeat)
+        base, compile_b, steady_b = _timed(lambda: apply(params, x, 0, **opts.kwargs()), args.repeat)
         result["time_baseline"] = _timing(compile_b, steady_b)
         common.say(f"           baseline: {_timing_text(compile_b, steady_b)}")
     for line in _describe_output(out, base, params, result):

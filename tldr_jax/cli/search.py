@@ -16,7 +16,10 @@ import argparse
 import json
 from typing import Any
 
-from tldr_jax.cli import common
+from tldr_jax.cli import common, sources
+
+#: ``search`` argument -> the flag that sets it (its errors are shown with the flags).
+FLAGS: dict[str, str] = {"k": "--k", "rerank": "--rerank", "max_length": "--max-length"}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -43,14 +46,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax search``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
-    from tldr_jax.retrieval.index import load_index
-    from tldr_jax.retrieval.query import search
+    from tldr_jax.search.index import load_index
+    from tldr_jax.search.query import search
 
-    if args.rerank is not None and args.k > args.rerank:
-        raise ValueError(f"--k {args.k} exceeds --rerank {args.rerank}; give --rerank >= --k.")
-    index = load_index(args.index, args.model)
-    hits = search(index, args.query, k=args.k, rerank=args.rerank, max_length=args.max_length,
-                  clean=not args.raw_query)
+    model = None
+    if args.model is not None:
+        model = str(sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet).path)
+    with common.as_flags(FLAGS):  # search's own checks (k <= rerank, ...), worded with the flags
+        index = load_index(args.index, model)
+        hits = search(index, args.query, k=args.k, rerank=args.rerank, max_length=args.max_length,
+                      clean=not args.raw_query)
     if args.json:
         common.say(json.dumps([h.to_json() for h in hits]))
         return 0

@@ -1,5 +1,10 @@
-"""Where ``--model`` points: a tldr_jax checkpoint, a source checkpoint (converted once, cached by
-content), ``hf:ORG/NAME``, or an architecture name (random weights); resolved before any heavy work."""
+"""Where ``--model`` points, for every command that takes one: a tldr_jax checkpoint directory of any
+kind, a source checkpoint (converted once, cached by content), ``hf:ORG/NAME``, or an architecture name
+(random weights); resolved before any heavy work.
+
+A command asks for the kind of model it runs (:func:`resolve_model`'s ``kind``): ``run``, ``vis`` and
+``finetune`` take a vision encoder (from a vision checkpoint, or the vision tower of a retrieval model);
+``retrieve``, ``index`` and ``search`` take a retrieval model directory."""
 
 from __future__ import annotations
 
@@ -9,13 +14,27 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tldr_jax.cli.common import PROG, TINY_OVERRIDES, CliError
+from tldr_jax.cli.base import PROG, CliError
 
-__all__ = ["ModelSource", "ModelSpec", "conversion_cache_path", "load_model", "resolve_model"]
+__all__ = [
+    "KIND_NAMES", "TINY_OVERRIDES", "ModelSource", "ModelSpec", "conversion_cache_path", "load_model",
+    "resolve_model",
+]
+
+#: The small random model of ``--tiny`` (fast on CPU; used by the tests and the offline notebooks).
+TINY_OVERRIDES: dict[str, Any] = dict(
+    depth=4, embed_dim=64, num_heads=2, mlp_dim=128, img_size=112, num_frames=4
+)
+
+#: checkpoint kind -> (what messages call it, the converter flags that make one from an official file).
+KIND_NAMES: dict[str, tuple[str, str]] = {
+    "vision": ("vision encoder", ""),
+    "umt_retrieval": ("retrieval model", " --vocab vocab.txt [--text-config config_bert.json]"),
+}
 
 
 @dataclasses.dataclass
@@ -35,13 +54,18 @@ class ModelSource:
       config: the architecture config (so ``--r`` and ``--frames`` are checked before any heavy work).
       description: what is shown on the ``model`` line.
       random_weights: True for an architecture name (random initialisation).
-      load: loads (or initialises) the weights: ``load() -> Params``.
+      load: loads (or initialises) the model of the kind asked for: ``load() -> Params`` for a vision
+        encoder, a ``RetrievalModel`` for a retrieval model.
+      path: the checkpoint directory (for a converted source: its cache folder); None for random weights.
+      kind: the kind of model ``load`` returns.
     """
 
     config: Any
     description: str
     random_weights: bool
     load: Callable[[], Any]
+    path: Path | None = None
+    kind: str = "vision"
 
 
 def _cache_dir() -> Path:
@@ -135,64 +159,128 @@ def _arch_key(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
+def _kind_name(kind: str) -> str:
+    return KIND_NAMES.get(kind, (f"{kind!r} model", ""))[0]
+
+
+def _not_of_kind(model: str, kind: str, flag: str, found: str | None = None) -> CliError:
+    """The one-line refusal of a ``--model`` that is not a directory of the kind the command runs."""
+    name, convert_flags = KIND_NAMES.get(kind, (f"{kind!r} model", ""))
+    what = f"a {_kind_name(found)} directory" if found else "another kind of checkpoint, or not a checkpoint"
+    return CliError(
+        f"{flag} {model!r} is not a {name} directory ({what}); give one, or convert the official "
+        f"checkpoint first: `{PROG} convert SRC OUT{convert_flags}`."
+    )
+
+
+def _from_directory(path: Path, kind: str, flag: str, model: str) -> ModelSource:
+    """A tldr_jax checkpoint directory, as the ``kind`` of model a command runs (the vision encoder of a
+    multi-modal model for ``kind="vision"``); reads ``config.json`` only."""
+    from tldr_jax import checkpoint, loading
+
+    found = loading.kind_of(path)
+    if kind == checkpoint.VISION_KIND:
+        encoder = loading.vision_path(path)
+        cfg, _ = checkpoint.read_config(encoder)
+        desc = str(path) if found == kind else f"{path} (the vision encoder of a {_kind_name(found)})"
+        return ModelSource(cfg, desc, False, lambda: checkpoint.load(encoder), path=path, kind=kind)
+    if found != kind:
+        raise _not_of_kind(model, kind, flag, found)
+    cfg, _ = checkpoint.read_config(path)
+    return ModelSource(cfg, str(path), False, lambda: loading.load(path, kind=kind), path=path, kind=kind)
+
+
+def _random(
+    model: str | None, arch: str | None, tiny: bool, seed: int, overrides: Mapping[str, Any]
+) -> ModelSource:
+    """Random weights of an architecture (``--model NAME``, or ``--arch`` / umt_b16 without ``--model``)."""
+    from tldr_jax.api import init
+    from tldr_jax.configs import ARCHS, get_config
+
+    if model is not None and arch is not None:
+        raise CliError(f"--model {model!r} already names an architecture; drop --arch {arch!r}.")
+    name = _arch_key(arch or "umt_b16") if model is None else _arch_key(model)
+    if name not in ARCHS:
+        raise CliError(f"unknown --arch {arch!r}; known: {', '.join(sorted(ARCHS))}.")
+    cfg = get_config(name, **{**(TINY_OVERRIDES if tiny else {}), **overrides})
+    why = "--model names an architecture" if model is not None else "no --model given"
+    desc = (
+        f"{name}{' (tiny)' if tiny else ''} -- RANDOM WEIGHTS ({why}; outputs are meaningless: give "
+        "--model a checkpoint for real ones)"
+    )
+    return ModelSource(cfg, desc, True, lambda: init(seed, cfg))
+
+
 def resolve_model(
-    model: str | None, *, arch: str | None = None, tiny: bool = False, seed: int = 0, quiet: bool = False
+    model: str | None,
+    *,
+    arch: str | None = None,
+    tiny: bool = False,
+    seed: int = 0,
+    quiet: bool = False,
+    kind: str = "vision",
+    overrides: Mapping[str, Any] | None = None,
+    flag: str = "--model",
 ) -> ModelSource:
     """Resolve ``--model`` without loading weights (a source checkpoint is converted here, once).
 
-    ``model`` is a tldr_jax checkpoint directory, a source checkpoint file or Hugging Face model
-    directory (converted once into ``$TLDR_JAX_CACHE``/``~/.cache/tldr_jax/converted``, keyed by
-    content), ``hf:ORG/NAME``, an architecture name, or None (random weights of ``arch``, default
-    ``umt_b16``; ``tiny``: :data:`TINY_OVERRIDES`). Raises :class:`CliError` naming the problem.
-    """
-    from tldr_jax import checkpoint
-    from tldr_jax.api import Params, init
-    from tldr_jax.configs import ARCHS, get_config
+    Args:
+      model: a tldr_jax checkpoint directory (any kind), a source checkpoint file or Hugging Face model
+        directory (converted once into ``$TLDR_JAX_CACHE``/``~/.cache/tldr_jax/converted``, keyed by
+        content), ``hf:ORG/NAME``, an architecture name, or None (random weights of ``arch``, default
+        ``umt_b16``).
+      arch, tiny, seed, overrides: random weights only: the architecture, :data:`TINY_OVERRIDES`, the
+        seed, other config fields (``tldr-jax finetune --override``).
+      quiet: no conversion progress.
+      kind: the kind of model the command runs: ``"vision"`` (the vision encoder of any checkpoint) or
+        a multi-modal kind such as ``"umt_retrieval"`` (a directory of that kind only).
+      flag: how messages name the option.
 
-    known = ", ".join(sorted(ARCHS))
+    Raises:
+      CliError: one line naming the problem and the fix (a missing path, a directory of another kind,
+        options that do not apply). CheckpointError: an unreadable checkpoint directory.
+    """
+    from tldr_jax.api import Params
+    from tldr_jax.configs import ARCHS
+
+    overrides = dict(overrides or {})
     if model is None or _arch_key(model) in ARCHS:
-        if model is not None and arch is not None:
-            raise CliError(f"--model {model!r} already names an architecture; drop --arch {arch!r}.")
-        name = _arch_key(arch or "umt_b16") if model is None else _arch_key(model)
-        if name not in ARCHS:
-            raise CliError(f"unknown --arch {arch!r}; known: {known}.")
-        cfg = get_config(name, **(TINY_OVERRIDES if tiny else {}))
-        why = "--model names an architecture" if model is not None else "no --model given"
-        desc = (
-            f"{name}{' (tiny)' if tiny else ''} -- RANDOM WEIGHTS ({why}; outputs are meaningless: give "
-            "--model a checkpoint for real ones)"
-        )
-        return ModelSource(cfg, desc, True, lambda: init(seed, cfg))
+        if kind != "vision":
+            raise _not_of_kind(str(model) if model else "(none)", kind, flag)
+        return _random(model, arch, tiny, seed, overrides)
     if tiny:
-        raise CliError("--tiny only applies to random weights; drop it or drop --model.")
+        raise CliError(f"--tiny only applies to random weights; drop it or drop {flag}.")
     if arch is not None:
-        raise CliError(f"--arch only applies to random weights; --model {model!r} has its own. Drop --arch.")
+        raise CliError(f"--arch only applies to random weights; {flag} {model!r} has its own. Drop --arch.")
+    if overrides:
+        raise CliError("--override only applies to a random init from an architecture name.")
     path = Path(model).expanduser()
     if _is_checkpoint_dir(path):
-        cfg, _ = checkpoint.read_config(path)
-        return ModelSource(cfg, str(path), False, lambda: checkpoint.load(path))
+        return _from_directory(path, kind, flag, model)
     hub_like = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model[3:] if model.startswith("hf:") else model)
     if model.startswith("hf:"):
         if not hub_like:
-            raise CliError(f"--model {model!r}: a Hugging Face model is given as hf:ORG/NAME.")
+            raise CliError(f"{flag} {model!r}: a Hugging Face model is given as hf:ORG/NAME.")
     elif not path.exists():
-        hint = f" For a Hugging Face hub model write --model hf:{model}." if hub_like else ""
+        hint = f" For a Hugging Face hub model write {flag} hf:{model}." if hub_like else ""
         raise CliError(
-            f"--model {model!r}: no such file or directory.{hint} --model takes a tldr_jax checkpoint "
-            f"directory, a PyTorch checkpoint or Hugging Face model directory, hf:ORG/NAME or one of {known}."
+            f"{flag} {model!r}: no such file or directory.{hint} {flag} takes a tldr_jax checkpoint "
+            "directory, a PyTorch checkpoint or Hugging Face model directory, hf:ORG/NAME or one of "
+            f"{', '.join(sorted(ARCHS))}."
         )
+    if kind != "vision":  # converting needs flags of that kind (e.g. --vocab): done once, by the user
+        raise _not_of_kind(model, kind, flag)
     out = conversion_cache_path(model if model.startswith("hf:") else str(path))
     if not _is_checkpoint_dir(out):
         params = _convert(model if model.startswith("hf:") else str(path), out, quiet)
         if isinstance(params, Params):
-            return ModelSource(params.config, f"{model} (converted to {out})", False, lambda: params)
-    cfg, _ = checkpoint.read_config(out)
-    return ModelSource(cfg, f"{model} (converted: {out})", False, lambda: checkpoint.load(out))
+            desc = f"{model} (converted to {out})"
+            return ModelSource(params.config, desc, False, lambda: params, path=out)
+    source = _from_directory(out, kind, flag, model)
+    return dataclasses.replace(source, description=f"{model} (converted: {out})")
 
 
-def load_model(
-    model: str | None, *, arch: str | None = None, tiny: bool = False, seed: int = 0, quiet: bool = False
-) -> ModelSpec:
-    """:func:`resolve_model`, then load the weights."""
-    source = resolve_model(model, arch=arch, tiny=tiny, seed=seed, quiet=quiet)
+def load_model(model: str | None, **options: Any) -> ModelSpec:
+    """:func:`resolve_model` (same options), then load the model."""
+    source = resolve_model(model, **options)
     return ModelSpec(source.load(), source.description, source.random_weights)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tldr_jax.cli import common
+from tldr_jax.schedule import format_r
 
 __all__ = ["add_parser", "cmd_vis"]
 
@@ -41,7 +42,7 @@ def cmd_vis(args: argparse.Namespace) -> int:
     clip, _, prep = common.read_clip(args, job.cfg)
     params = job.source.load()
     common.say(f"model      {job.source.description}")
-    common.say(f"merging    {opts.method}, r={common.format_r(job.r)}: {job.sched}")
+    common.say(f"merging    {opts.method}, r={format_r(job.r)}: {job.sched}")
     extra = {k: v for k, v in opts.non_default().items() if k != "method"}
     common.status(args, "compiling and running the model ...")
     path, maps = vis.visualize(

@@ -20,8 +20,8 @@ from flax import nnx, struct
 
 from tldr_jax.configs import ArchConfig
 from tldr_jax.merge import TokenOrigin, merge_step
-from tldr_jax.models.layers import Attention, Mlp, Need
-from tldr_jax.options import Method
+from tldr_jax.models.layers import DEFAULT_TUNING, Attention, Mlp, Need
+from tldr_jax.options import AttentionTuning, Method
 
 Array = jax.Array
 #: A merge step with the signature of :func:`tldr_jax.merge.merge_step` (the benchmarks swap in variants).
@@ -79,12 +79,19 @@ class Block(nnx.Module):
         self.mlp = Mlp(cfg, rngs=rngs)
 
     def __call__(
-        self, state: TokenState, spec: MergeSpec, merge: MergeFn = merge_step
+        self,
+        state: TokenState,
+        spec: MergeSpec,
+        merge: MergeFn = merge_step,
+        attention: AttentionTuning = DEFAULT_TUNING,
     ) -> tuple[TokenState, dict[str, Any]]:
-        """``x (B, N, D)`` -> ``(B, N - spec.r, D)`` with sizes and source map; and the intermediates."""
+        """``x (B, N, D)`` -> ``(B, N - spec.r, D)`` with sizes and source map; and the intermediates.
+
+        ``attention`` (static) tunes how the attention is computed, not what it computes.
+        """
         x, size, source = state.x, state.size, state.source
         log_size = jnp.log(size[..., 0]) if spec.prop_attn and size is not None else None
-        h, stats = self.attn(self.norm1(x), log_size, spec.need)
+        h, stats = self.attn(self.norm1(x), log_size, spec.need, attention)
         x = x + h
         out: dict[str, Any] = {"attn": h, **stats}
         if spec.r:

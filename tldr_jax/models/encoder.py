@@ -12,7 +12,7 @@ Parameter names are the checkpoint format (``tldr_jax.load`` and the converters 
     blocks_{i}/norm2/{scale, bias}
     blocks_{i}/mlp/fc1/{kernel (D, F), bias}, blocks_{i}/mlp/fc2/{kernel (F, D), bias}
     norm/{scale, bias}                       # final_norm
-    pool_norm/{scale, bias}                  # pool="mean" (UMT pool_norm, VideoMAE fc_norm)
+    pool_norm/{scale, bias}                  # pool="mean" and pool_norm (UMT pool_norm, VideoMAE fc_norm)
     head/{kernel (D, K), bias}               # num_classes > 0
     vision_proj/{kernel (D, P), bias}        # UMT retrieval projection
 """
@@ -28,9 +28,10 @@ from flax import nnx
 from tldr_jax.configs import ArchConfig
 from tldr_jax.merge import identity_origin, identity_source, merge_step
 from tldr_jax.models.block import Block, MergeFn, MergeSpec, TokenState
-from tldr_jax.models.layers import PatchEmbed, linear
+from tldr_jax.models.layers import DEFAULT_TUNING, PatchEmbed, linear
 from tldr_jax.models.position import video_pos_table
 from tldr_jax.numerics import acc_dtype, is_low_precision
+from tldr_jax.options import AttentionTuning
 
 Array = jax.Array
 
@@ -56,7 +57,7 @@ class VideoEncoder(nnx.Module):
             setattr(self, f"blocks_{i}", Block(cfg, rngs=rngs))
         if cfg.final_norm:
             self.norm = nnx.LayerNorm(d, epsilon=cfg.norm_eps, rngs=rngs)
-        if cfg.pool == "mean":
+        if cfg.pool == "mean" and cfg.pool_norm:
             self.pool_norm = nnx.LayerNorm(d, epsilon=cfg.pool_norm_eps, rngs=rngs)
         if cfg.num_classes:
             self.head = nnx.Linear(d, cfg.num_classes, rngs=rngs)
@@ -88,7 +89,8 @@ class VideoEncoder(nnx.Module):
             pooled = jnp.sum(tokens.astype(w.dtype) * w, axis=1) / jnp.sum(w, axis=1)
         else:
             pooled = jnp.mean(tokens.astype(acc_dtype(tokens.dtype)), axis=1)
-        return self.pool_norm(pooled.astype(tokens.dtype))
+        pooled = pooled.astype(tokens.dtype)
+        return self.pool_norm(pooled) if self.cfg.pool_norm else pooled
 
     def __call__(
         self,
@@ -99,6 +101,7 @@ class VideoEncoder(nnx.Module):
         source: Literal[None, "dense", "origin"] = None,
         remat: bool = False,
         merge: MergeFn = merge_step,
+        attention: AttentionTuning = DEFAULT_TUNING,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run the encoder.
 
@@ -111,6 +114,8 @@ class VideoEncoder(nnx.Module):
           remat: rematerialise each block in the backward pass (``jax.checkpoint``). The merge
             indices are recomputed from the same inputs, so the recomputation is exact.
           merge: the merge step of every merging block (default :func:`~tldr_jax.merge.merge_step`).
+          attention: how every block's attention is chunked / blocked
+            (:class:`~tldr_jax.options.AttentionTuning`, static); the same function whatever it says.
 
         Returns:
           ``(out, intermediates)``. ``out`` holds ``tokens (B, N', D)``, ``pooled (B, D)``,
@@ -126,7 +131,7 @@ class VideoEncoder(nnx.Module):
         intermediates: dict[str, Any] = {"embed": x}
         for i, (block, spec) in enumerate(zip(self.blocks(), specs)):
             run = _remat(block) if remat else block
-            state, intermediates[f"blocks_{i}"] = run(state, spec, merge)
+            state, intermediates[f"blocks_{i}"] = run(state, spec, merge, attention)
         x = state.x
         tokens = self.norm(x) if self.cfg.final_norm else x
         size = state.size if state.size is not None else jnp.ones(x.shape[:2] + (1,), acc_dtype(x.dtype))
@@ -156,10 +161,12 @@ def _remat(block: Block) -> Any:
     """``block`` under ``jax.checkpoint`` (activations recomputed in the backward pass)."""
     graphdef, params = nnx.split(block)
 
-    def call(state: TokenState, spec: MergeSpec, merge: MergeFn) -> tuple[TokenState, dict[str, Any]]:
+    def call(
+        state: TokenState, spec: MergeSpec, merge: MergeFn, attention: AttentionTuning
+    ) -> tuple[TokenState, dict[str, Any]]:
         @jax.checkpoint
         def run(params: Any, state: TokenState) -> tuple[TokenState, dict[str, Any]]:
-            return nnx.merge(graphdef, params)(state, spec, merge)
+            return nnx.merge(graphdef, params)(state, spec, merge, attention)
 
         return run(params, state)
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import einops
@@ -16,30 +13,19 @@ from flax import nnx
 
 from tldr_jax.configs import ArchConfig
 from tldr_jax.numerics import acc_dtype, dot_kwargs, is_low_precision
+from tldr_jax.options import AttentionTuning
 from tldr_jax.saliency import sharpness_from_mean
 
 Array = jax.Array
 Need = Literal[None, "sharpness", "keys"]
 
 __all__ = [
-    "Attention", "Mlp", "PatchEmbed", "attend_blocked", "cpu_blocking", "fused_attention", "linear",
-    "softmax_values",
+    "DEFAULT_TUNING", "Attention", "Mlp", "PatchEmbed", "attend_blocked", "chunking", "fused_attention",
+    "linear", "softmax_values",
 ]
 
-#: Whether attention traced now may use the CPU cache blocking (``Attention._chunking``).
-_CPU_BLOCKING: contextvars.ContextVar[bool] = contextvars.ContextVar("tldr_jax_cpu_blocking", default=True)
-
-
-@contextlib.contextmanager
-def cpu_blocking(enabled: bool) -> Iterator[None]:
-    """Attention traced inside uses the CPU cache blocking (the default) or not (``enabled=False``:
-    fewer kernels to compile, slower runs; :func:`tldr_jax.apply`'s ``fast_compile``). Per thread /
-    context; the memory guard ``Attention.chunk_min_elements`` applies either way."""
-    token = _CPU_BLOCKING.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _CPU_BLOCKING.reset(token)
+#: The attention tuning of a call that names none (:class:`~tldr_jax.options.AttentionTuning`'s defaults).
+DEFAULT_TUNING = AttentionTuning()
 
 
 class PatchEmbed(nnx.Module):
@@ -90,38 +76,11 @@ def linear(layer: nnx.Linear, x: Array) -> Array:
 class Attention(nnx.Module):
     """Multi-head self-attention with proportional attention and the statistics a merge needs.
 
-    Class attributes (set them on the class to tune memory): ``query_chunk`` query rows per chunk and
-    ``chunk_min_elements``, the size of the ``(B, H, N, N)`` probability tensor above which attention
-    runs in chunks (default ``2**28`` elements = 1 GiB in float32: UMT-B/16 at 32 frames chunks).
-    On CPU the chunks also serve as cache blocking (a chunk's logits, softmax and ``PV`` stay closer to
-    the cores): above ``cpu_block_min_elements`` (``2**22``; UMT-B layers above ~590 tokens) layers
-    run in chunks of ``cpu_head_rows`` (512) query rows, one head at a time (a ``lax.scan`` over the
-    heads inside each chunk, summing the head mean of the sharpness in order), so one ``(rows, N)``
-    block of logits is alive at a time. ``cpu_head_rows = None`` restores the previous blocking, all
-    heads at once: chunks of ``cpu_block_rows_sharpness`` (512) rows where the vid-TLDR sharpness is
-    computed and ``cpu_block_rows`` (128) elsewhere. Each choice was measured fastest of its kind
-    (README, "bfloat16, attention variants and the compilation cache"); the result equals the
-    unchunked one up to float rounding. In chunks on CPU, layers that need no sharpness normalise
-    after the value product while ``normalise_after_values`` is True (default; see
-    :func:`softmax_values`).
-    ``key_block`` (default None: off) switches to :func:`attend_blocked` with that many keys per block
-    when ``N`` exceeds it: no ``(B, H, N, N)`` tensor, the same result up to float rounding; measured
-    slower than the standard path on CPU (see the README), so it is opt-in. ``fused`` decides where
-    layers that need no statistic (after the last merge, ``r = 0``) call
-    :func:`jax.nn.dot_product_attention` (``implementation=None``: XLA may pick cuDNN's fused kernel):
-    None (default) on GPUs in bfloat16 / float16 only (cuDNN's fused attention takes no float32; on
-    CPU it measured up to 2x slower than the standard path), True always, False never.
+    How the attention is computed (query chunks for memory, CPU cache blocking one head at a time,
+    key blocks, the fused kernel) is the :class:`~tldr_jax.options.AttentionTuning` value each call
+    receives; :func:`chunking` turns it into the plan of one layer. Every plan gives the unchunked
+    result up to float rounding.
     """
-
-    query_chunk: int = 512
-    chunk_min_elements: int = 2**28
-    cpu_block_min_elements: int = 2**22
-    cpu_block_rows_sharpness: int = 512
-    cpu_block_rows: int = 128
-    cpu_head_rows: int | None = 512
-    key_block: int | None = None
-    fused: bool | None = None
-    normalise_after_values: bool = True
 
     def __init__(self, cfg: ArchConfig, *, rngs: nnx.Rngs):
         d = cfg.embed_dim
@@ -133,22 +92,12 @@ class Attention(nnx.Module):
             self.v_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
         self.proj = nnx.Linear(d, d, rngs=rngs)
 
-    def _chunking(self, need: Need) -> tuple[int, int, bool, bool]:
-        """``(rows per chunk, threshold in elements of (B, H, N, N), normalise after PV, one head at a
-        time)`` for a layer that needs ``need``; the last two apply to the chunks only."""
-        rows, threshold = int(self.query_chunk), int(self.chunk_min_elements)
-        cpu = jax.default_backend() == "cpu" and _CPU_BLOCKING.get()
-        per_head = cpu and self.cpu_head_rows is not None
-        if cpu and self.cpu_block_min_elements < threshold:
-            threshold = int(self.cpu_block_min_elements)
-            if per_head:
-                rows = int(self.cpu_head_rows)
-            else:
-                rows = int(self.cpu_block_rows_sharpness if need == "sharpness" else self.cpu_block_rows)
-        return rows, threshold, cpu and bool(self.normalise_after_values) and need != "sharpness", per_head
-
     def __call__(
-        self, x: Array, log_size: Array | None = None, need: Need = None
+        self,
+        x: Array,
+        log_size: Array | None = None,
+        need: Need = None,
+        tuning: AttentionTuning = DEFAULT_TUNING,
     ) -> tuple[Array, dict[str, Array]]:
         """Attend.
 
@@ -158,14 +107,15 @@ class Attention(nnx.Module):
           need: ``"sharpness"`` also returns the ``(B, N)`` vid-TLDR sharpness of the softmax taken
             *before* the size bias; ``"keys"`` returns ToMe's metric, the ``(B, N, Dh)`` keys averaged
             over heads.
+          tuning: the chunk, block and kernel settings (static).
 
         Returns:
           ``(out (B, N, D), stats)``: ``stats`` holds ``"sharpness"`` or ``"keys"`` as asked (else empty).
 
-        When ``B * H * N * N`` exceeds ``chunk_min_elements`` the queries are processed in static
-        chunks of ``query_chunk`` rows, so no ``(B, H, N, N)`` tensor is ever alive. Each row still
-        sums over all its keys in the same order, so the chunked result equals the unchunked one up to
-        float rounding (XLA fuses the two differently: ~1e-7 relative).
+        When ``B * H * N * N`` exceeds the plan's threshold (:func:`chunking`) the queries are
+        processed in static chunks, so no ``(B, H, N, N)`` tensor is ever alive. Each row still sums
+        over all its keys in the same order, so the chunked result equals the unchunked one up to float
+        rounding (XLA fuses the two differently).
         """
         qkv = linear(self.qkv, x)  # float32 in low precision
         if hasattr(self, "q_bias"):
@@ -178,12 +128,12 @@ class Attention(nnx.Module):
         if is_low_precision(low):  # the attention products' operands in the low precision
             q, k, v = q.astype(low), k.astype(low), v.astype(low)
         bias = None if log_size is None else log_size[:, None, None, :].astype(acc_dtype(q.dtype))
-        block = self.key_block
-        rows, threshold, after, per_head = self._chunking(need)
-        if need is None and _use_fused(self.fused, q, rows, threshold):
+        block = tuning.key_block
+        rows, threshold, after, per_head = chunking(tuning, need)
+        if need is None and _use_fused(tuning.fused, q, rows, threshold):
             out, sharp = fused_attention(q, k, v, bias), None
-        elif block is not None and q.shape[2] > int(block):
-            out, sharp = attend_blocked(q, k, v, bias, need_sharpness=need == "sharpness", block=int(block))
+        elif block is not None and q.shape[2] > block:
+            out, sharp = attend_blocked(q, k, v, bias, need_sharpness=need == "sharpness", block=block)
         else:
             out, sharp = _attend(
                 q,
@@ -200,6 +150,26 @@ class Attention(nnx.Module):
         if need == "keys":
             stats["keys"] = jnp.mean(keys, axis=1)
         return linear(self.proj, einops.rearrange(out, "b h n d -> b n (h d)")), stats
+
+
+def chunking(tuning: AttentionTuning, need: Need, backend: str | None = None) -> tuple[int, int, bool, bool]:
+    """The chunk plan of a layer that needs ``need`` under ``tuning``.
+
+    Returns ``(rows per chunk, threshold in elements of (B, H, N, N), normalise after PV, one head at a
+    time)``; the last two apply to the chunks only. On CPU (``backend``, default JAX's) with
+    ``tuning.cpu_blocking`` the lower of the memory guard and the CPU blocking threshold wins, and with
+    it the CPU row counts.
+    """
+    rows, threshold = tuning.query_chunk, tuning.chunk_min_elements
+    cpu = (backend or jax.default_backend()) == "cpu" and tuning.cpu_blocking
+    per_head = cpu and tuning.cpu_head_rows is not None
+    if cpu and tuning.cpu_block_min_elements < threshold:
+        threshold = tuning.cpu_block_min_elements
+        if per_head:
+            rows = tuning.cpu_head_rows
+        else:
+            rows = tuning.cpu_block_rows_sharpness if need == "sharpness" else tuning.cpu_block_rows
+    return rows, threshold, cpu and tuning.normalise_after_values and need != "sharpness", per_head
 
 
 def _attend(
@@ -335,9 +305,8 @@ def softmax_values(logits: Array, bias: Array | None, v: Array) -> Array:
       ``(B, H, C, Dh)`` in ``v``'s dtype: ``(e @ v) / sum(e)`` with ``e = exp(s - max s)`` rounded to
       ``v``'s dtype (the normaliser sums the very weights that multiply ``v``, and XLA computes the
       exponentials once for both), ``s = logits + bias`` in float32 / float64. The same function as the
-      softmax followed by ``PV`` up to float rounding, with one pass over the ``(C, N)`` weights fewer:
-      measured 10-15 % faster per layer in the CPU chunks (README), so it serves the layers that need
-      no sharpness there.
+      softmax followed by ``PV`` up to float rounding, with one pass over the ``(C, N)`` weights fewer
+      (faster in the CPU chunks; README), so it serves the layers that need no sharpness there.
     """
     acc = acc_dtype(logits.dtype)
     s = logits.astype(acc) if bias is None else (logits + bias).astype(acc)
@@ -348,7 +317,7 @@ def softmax_values(logits: Array, bias: Array | None, v: Array) -> Array:
 
 
 def _use_fused(fused: bool | None, q: Array, query_chunk: int, chunk_min_elements: int) -> bool:
-    """Whether a statistic-free layer calls :func:`fused_attention` (see ``Attention.fused``)."""
+    """Whether a statistic-free layer calls :func:`fused_attention` (``AttentionTuning.fused``)."""
     if fused is not None:
         return bool(fused)
     bsz, heads, n, _ = q.shape

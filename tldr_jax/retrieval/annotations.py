@@ -4,8 +4,9 @@ The official annotation file of a retrieval split (``msrvtt_ret_test1k.json``, .
 ``{"video": "relative/path.mp4", "caption": "..." | ["...", ...]}``. The official evaluation dataset
 (``VidTxtRetEvalDataset``) turns it into videos, texts and the two ground-truth maps:
 
-* every caption is cleaned with ``pre_text`` (lower-case; ``, . ' ! ? " ( ) * # : ;  ~`` removed;
-  ``-`` and ``/`` become spaces; ``<person>`` becomes ``person``; runs of whitespace collapsed);
+* every caption is cleaned with :func:`~tldr_jax.text.tokenizer.pre_text` (lower-case;
+  ``, . ' ! ? " ( ) * # : ;  ~`` removed; ``-`` and ``/`` become spaces; ``<person>`` becomes
+  ``person``; runs of whitespace collapsed);
 * paragraph retrieval (DiDeMo, ActivityNet) first joins an entry's caption list with spaces;
 * by default an entry is one video with one or more captions (MSVD: several);
 * with ``has_multi_vision_gt`` (SSv2) an entry is one caption whose ``video`` may list several videos,
@@ -20,26 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from tldr_jax.retrieval.presets import DatasetPreset, get_dataset
-
-_PUNCT = re.compile(r"[,.'!?\"()*#:;~]")
-_SPACES = re.compile(r"\s{2,}")
-
-
-def pre_text(text: str, max_words: int | None = None) -> str:
-    """Clean a caption as the official datasets do before tokenising (see the module docstring)."""
-    text = _PUNCT.sub("", text.lower())
-    text = text.replace("-", " ").replace("/", " ").replace("<person>", "person")
-    text = _SPACES.sub(" ", text).rstrip("\n").strip(" ")
-    if max_words:
-        words = text.split(" ")
-        if len(words) > max_words:
-            text = " ".join(words[:max_words])
-    return text
+from tldr_jax.text.tokenizer import pre_text
 
 
 @dataclasses.dataclass

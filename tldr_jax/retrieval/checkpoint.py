@@ -23,11 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tldr_jax import checkpoint as base
+import tldr_jax.checkpoint as base
 from tldr_jax.checkpoint import CheckpointError
 from tldr_jax.files import atomic_directory
-from tldr_jax.retrieval.model import RetrievalModel, Vocabulary, check_vocab, expected_text_shapes
-from tldr_jax.retrieval.text import TextConfig
+from tldr_jax.retrieval.model import RetrievalModel
+from tldr_jax.text.bert import TextConfig, expected_text_shapes
+from tldr_jax.text.tokenizer import Vocabulary, check_vocab
+from tldr_jax.version import __version__
 
 KIND = "umt_retrieval"
 KIND_VERSION = 1
@@ -76,7 +78,7 @@ def save(
         "format_version": base.FORMAT_VERSION,
         "kind": KIND,
         "kind_version": KIND_VERSION,
-        "tldr_jax_version": _version(),
+        "tldr_jax_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": model.vision.config.to_dict(),
         "labels": None,
@@ -95,12 +97,6 @@ def save(
         (tmp / VOCAB_FILE).write_bytes(_vocab_bytes(model.vocab))
         (tmp / base.CONFIG_FILE).write_text(text, encoding="utf-8")
     return path
-
-
-def _version() -> str:
-    from tldr_jax import __version__
-
-    return __version__
 
 
 def is_retrieval_dir(path: str | Path) -> bool:

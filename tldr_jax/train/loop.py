@@ -22,6 +22,7 @@ import numpy as np
 
 from tldr_jax.api import Params
 from tldr_jax.configs import ArchConfig
+from tldr_jax.prefetch import prefetch
 from tldr_jax.schedule import RSpec
 from tldr_jax.train.chrono import Chrono
 from tldr_jax.train.config import FinetuneConfig, StepSpec, freeze_r
@@ -386,13 +387,12 @@ def finetune(
     plan = _Plan.make(fc, params.config, train_ds)
     run = _Run(fc, plan, train_ds, val_ds, params, ckpt_dir, export, log)
     consistent = True  # the train state and the record describe the same step (safe to save)
-    with ThreadPoolExecutor(fc.workers) as threads, ThreadPoolExecutor(1) as prefetcher:
-        pending = prefetcher.submit(run.batch_for, run.step, threads) if run.step < plan.total else None
+    with ThreadPoolExecutor(fc.workers) as threads:
+        last = plan.total if stop_at is None else min(plan.total, stop_at)
+        # The next step's batch is built in a background thread while this step trains.
+        batches = prefetch(lambda at: run.batch_for(at, threads), range(run.step, last), workers=1, depth=1)
         try:
-            while run.step < plan.total and (stop_at is None or run.step < stop_at):
-                batch = pending.result()
-                nxt = run.step + 1
-                pending = prefetcher.submit(run.batch_for, nxt, threads) if nxt < plan.total else None
+            for batch in batches:
                 consistent = False
                 run.train(batch)
                 if run.step % plan.steps_per_epoch == 0:
@@ -407,8 +407,7 @@ def finetune(
             raise
         finally:
             run.chrono.close()
-            if pending is not None:
-                pending.cancel()
+            batches.close()
             if run.ckpts is not None:
                 run.ckpts.close()
     return run.result()

@@ -16,6 +16,7 @@ from tldr_jax.video.decode import (
     check_fps,
     count_frames,
     decode_frames,
+    frames_within,
     read_video,
     write_video,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "default_clip_frames",
     "denormalize",
     "encode_frames_delta",
+    "frames_within",
     "load_clip",
     "load_video",
     "make_test_video",

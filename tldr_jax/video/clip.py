@@ -30,6 +30,7 @@ def load_video(
     *,
     sampling: Sampling = "middle",
     pad: bool = False,
+    trim_seconds: float | None = None,
     progress: bool = False,
     on_warning: Callable[[str], None] | None = None,
     **preprocess_kwargs: Any,
@@ -42,6 +43,7 @@ def load_video(
       img_size: output height and width.
       sampling: see :func:`sample_indices` (``"middle"``: UMT / vid-TLDR; ``"uniform"``: VideoMAE).
       pad: repeat the last frame when the video is too short (UMT behaviour) instead of raising.
+      trim_seconds: sample only the first seconds of the video (DiDeMo: 30), or None.
       progress: show a tqdm progress bar while decoding.
       on_warning: receives the message about a truncated file (default: a :class:`VideoReadWarning`).
       **preprocess_kwargs: ``mean``, ``std``, ``short_side``, ``resize``, ``interpolation`` of
@@ -54,7 +56,8 @@ def load_video(
       VideoReadError: missing, unreadable or too-short file (the message says how to fix it).
     """
     frames = read_video(
-        path, num_frames, sampling=sampling, pad=pad, progress=progress, on_warning=on_warning
+        path, num_frames, sampling=sampling, pad=pad, trim_seconds=trim_seconds, progress=progress,
+        on_warning=on_warning,
     )
     return preprocess(frames, img_size, **preprocess_kwargs)
 
@@ -71,7 +74,8 @@ def load_clip(
     Args:
       path: a video file (decoded with :func:`load_video`), a ``.npy`` clip ``(T, H, W, 3)`` (``uint8``
         pixels are sampled and preprocessed like video frames; floats are taken as already normalised,
-        only the frames are sampled), or None / ``"default"`` for the embedded synthetic clip.
+        only the frames are sampled), or None / ``"default"`` for the embedded synthetic clip. A video
+        is trimmed to ``prep.trim_seconds`` when set; a ``.npy`` clip or the embedded clip never is.
       prep: the model's :class:`~tldr_jax.video.preprocess.Preprocessing`
         (:func:`~tldr_jax.video.preprocess.preprocessing_for`).
       on_warning: receives the message about a truncated video (default: a ``VideoReadWarning``).
@@ -102,7 +106,8 @@ def load_clip(
     else:
         clip = load_video(
             path, prep.num_frames, sampling=prep.sampling, img_size=prep.img_size, pad=prep.pad,
-            progress=progress, on_warning=on_warning, **prep.preprocess_kwargs(),
+            trim_seconds=prep.trim_seconds, progress=progress, on_warning=on_warning,
+            **prep.preprocess_kwargs(),
         )
     if clip.shape != prep.shape:
         raise ValueError(f"clip has shape {clip.shape}; the model needs {prep.shape}.")

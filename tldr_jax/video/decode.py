@@ -12,6 +12,7 @@ import fractions
 import math
 import numbers
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "check_fps",
     "count_frames",
     "decode_frames",
+    "frames_within",
     "read_video",
     "write_video",
 ]
@@ -184,6 +186,17 @@ def _warn(on_warning: Callable[[str], None] | None, message: str) -> None:
         warnings.warn(message, VideoReadWarning, stacklevel=3)
 
 
+def frames_within(path: PathLike, seconds: float) -> int:
+    """Frames in the first ``seconds`` of a video: ``int(seconds * fps)`` (at least 1), as the official
+    ``trimmed30`` reading counts them; unbounded (``sys.maxsize``) when the file records no frame rate."""
+    p = _check_path(path)
+    with _open(p) as container:
+        rate = container.streams.video[0].average_rate
+    if not rate:
+        return sys.maxsize
+    return max(1, int(seconds * float(rate)))
+
+
 def read_video(
     path: PathLike,
     num_frames: int,
@@ -191,19 +204,23 @@ def read_video(
     sampling: Sampling = "middle",
     frame_stride: int = 4,
     pad: bool = False,
+    trim_seconds: float | None = None,
     progress: bool = False,
     on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Decode ``num_frames`` sampled frames as ``(T, H, W, 3)`` uint8 RGB (no resizing).
 
+    With ``trim_seconds`` the frames are sampled from the first :func:`frames_within` that many seconds.
     Raises :class:`VideoReadError` for missing, unreadable or too-short files. A file whose container
     lists more frames than decode (truncated or damaged) is sampled from the frames that decode, with
     a warning: passed to ``on_warning(message)`` when given, else a :class:`VideoReadWarning`.
     """
     p = _check_path(path)
-    listed = total = count_frames(p)
+    limit = sys.maxsize if trim_seconds is None else frames_within(p, trim_seconds)
+    listed = count_frames(p)
+    total = min(listed, limit)
     if total < num_frames and not pad:
-        total = count_frames(p, exact=True)
+        total = min(count_frames(p, exact=True), limit)
         if total < num_frames:
             raise _too_short(p, total, num_frames)
     if total == 0:
@@ -212,7 +229,7 @@ def read_video(
     frames, seen = decode_frames(p, idx, progress=progress)
     if len(frames) < num_frames:
         # The container over-reported its frame count: resample with the true count.
-        true_total = count_frames(p, exact=True)
+        true_total = min(count_frames(p, exact=True), limit)
         if true_total < num_frames and not pad:
             raise _too_short(p, true_total, num_frames, listed)
         if true_total == 0:

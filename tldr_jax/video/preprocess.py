@@ -197,6 +197,9 @@ class Preprocessing:
       mean, std: per-channel normalisation on the ``[0, 1]`` pixel scale.
       resize, short_side, interpolation: as :func:`preprocess` (``short_side`` for ``"crop"``).
       pad: repeat the last frame of too-short videos (UMT's behaviour) instead of refusing them.
+      trim_seconds: sample only the frames of the first seconds of a video file (the official DiDeMo
+        evaluation's ``trimmed30``: ``int(seconds * fps)`` frames), or None for the whole video. ``.npy``
+        clips have no frame rate and are never trimmed.
     """
 
     num_frames: int
@@ -208,6 +211,7 @@ class Preprocessing:
     short_side: int | None = None
     interpolation: str = "cubic"
     pad: bool = False
+    trim_seconds: float | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -220,6 +224,17 @@ class Preprocessing:
             "mean": self.mean, "std": self.std, "short_side": self.short_side, "resize": self.resize,
             "interpolation": self.interpolation,
         }
+
+
+def check_seconds(name: str, value: Any) -> float | None:
+    """``value`` as a positive finite float, or None (``ValueError`` / ``TypeError`` naming ``name``)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number of seconds or None; got {value!r}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of seconds (DiDeMo: 30); got {value!r}.")
+    return float(value)
 
 
 def _config_of(model: Any) -> Any:
@@ -245,6 +260,7 @@ def preprocessing_for(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     pad: bool = False,
+    trim_seconds: float | None = None,
 ) -> Preprocessing:
     """The evaluation preprocessing of a model (:class:`tldr_jax.Params`, ``ArchConfig`` or name).
 
@@ -252,6 +268,7 @@ def preprocessing_for(
     :data:`NORMALIZATION`, :data:`DEFAULT_SAMPLING`); each argument overrides one of them and is
     checked (a ``ValueError`` / ``TypeError`` names the bad value and the allowed ones).
     ``normalization`` picks another mean/std set (e.g. ``"vivit_hf"``); ``mean`` / ``std`` give one.
+    ``trim_seconds`` samples only the first seconds of each video (see :class:`Preprocessing`).
     """
     cfg = _config_of(model)
     if cfg.family not in RESIZE:
@@ -275,4 +292,5 @@ def preprocessing_for(
         short_side=int(round(cfg.img_size * ratio)),
         interpolation=interp,
         pad=bool(pad),
+        trim_seconds=check_seconds("trim_seconds", trim_seconds),
     )

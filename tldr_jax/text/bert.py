@@ -12,7 +12,7 @@ As the official UMT code builds it (``models/backbones/bert/xbert.py``, ``BertMo
 * padded text positions get ``(1 - mask) * -10000`` added to the attention scores, as the official
   ``get_extended_attention_mask`` does; the video tokens are never masked.
 
-Parameter names (``RetrievalModel.text``)::
+Parameter names (``RetrievalModel.text``; :func:`init_text` makes one, :func:`build_text` wraps one)::
 
     embeddings/{word, position, token_type}/embedding (V | P | 2, H), embeddings/norm/{scale, bias}
     layer_{l}/attention/{query, key, value, dense}/{kernel, bias}, layer_{l}/attention/norm/{scale, bias}
@@ -25,6 +25,7 @@ Parameter names (``RetrievalModel.text``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -32,8 +33,10 @@ from typing import Any
 import einops
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from tldr_jax.checkpoint import flatten_tree
 from tldr_jax.configs import DictConfig
 
 Array = jax.Array
@@ -320,3 +323,45 @@ def normalize(x: Array, eps: float = 1e-12) -> Array:
     """``x / max(||x||, eps)`` along the last axis (``torch.nn.functional.normalize``)."""
     norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
     return x / jnp.maximum(norm, eps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter trees.
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def text_graphdef(cfg: TextConfig) -> nnx.GraphDef:
+    """The (cached) NNX graph definition of a text tower, built abstractly."""
+    abstract = nnx.eval_shape(lambda: TextTower(cfg, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(abstract)
+    return graphdef
+
+
+def build_text(cfg: TextConfig, tree: dict[str, Any]) -> TextTower:
+    """The NNX text tower holding ``tree`` (works eagerly and under tracing)."""
+    return nnx.merge(text_graphdef(cfg), tree)
+
+
+@functools.lru_cache(maxsize=32)
+def _text_shapes(cfg: TextConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    abstract = jax.eval_shape(
+        lambda: nnx.to_pure_dict(nnx.state(TextTower(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    )
+    return tuple((p, tuple(x.shape)) for p, x in flatten_tree(abstract).items())
+
+
+def expected_text_shapes(cfg: TextConfig) -> dict[str, tuple[int, ...]]:
+    """Flat ``{path: shape}`` of the text tree a :class:`TextConfig` needs (nothing is allocated)."""
+    return dict(_text_shapes(cfg))
+
+
+def init_text(rng: int | Array, cfg: TextConfig, *, temp: float = 0.07) -> dict[str, Any]:
+    """A random text tree (Flax default initialisers; for tests and synthetic benchmarks)."""
+    key = jax.random.key(int(rng)) if isinstance(rng, (int, np.integer)) else rng
+    return _init_text(cfg, key, float(temp))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_text(cfg: TextConfig, key: Array, temp: float) -> dict[str, Any]:
+    return nnx.to_pure_dict(nnx.state(TextTower(cfg, rngs=nnx.Rngs(params=key), temp=temp), nnx.Param))

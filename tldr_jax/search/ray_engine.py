@@ -7,7 +7,7 @@ pool of :class:`Encoder` actors, each holding the model (loaded once per actor) 
 lands atomically under its content hash, and a file whose result exists is skipped, so when a worker is
 killed Ray restarts the actor and retries the batch, which encodes only the files the dead worker had
 not finished: none twice. The driver then merges the per-file results into one index exactly as a
-single-process build does (:func:`tldr_jax.retrieval.index.build_index`).
+single-process build does (:func:`tldr_jax.search.build.build_index`).
 
 Where it runs: ``ray.init()`` is called when Ray is not running yet (``RAY_ADDRESS`` joins a cluster;
 the index directory must then be on storage every node sees). With GPUs (or TPUs) in the cluster, one
@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from tldr_jax.batch import run_directory
+from tldr_jax.retrieval.checkpoint import load_retrieval_model
+from tldr_jax.video import Preprocessing
 
 #: Test hook: when set to a file path that does not exist yet, the first actor to finish a file creates
 #: it and exits at once (a killed worker), so that Ray's restart-and-retry path is exercised.
@@ -53,21 +58,20 @@ class Encoder:
     """A Ray Data actor: loads the retrieval model once, then encodes batches of files into the cache.
 
     Args:
-      model_dir: the retrieval model directory. cache: the index's ``cache/``. r, num_frames, batch_size,
-        keep_tokens, options: as :func:`tldr_jax.retrieval.build_index`. fail_once: the test hook's path.
+      model_dir: the retrieval model directory. cache: the index's ``cache/``. r, batch_size, keep_tokens,
+        options: as :func:`tldr_jax.search.build_index`. preprocessing: how files become clips (the
+        build's :func:`~tldr_jax.retrieval.features.clip_preprocessing`). fail_once: the test hook's path.
     """
 
     def __init__(
-        self, model_dir: str, cache: str, r: Any, num_frames: int, batch_size: int, keep_tokens: bool,
-        options: dict[str, Any], fail_once: str | None = None,
+        self, model_dir: str, cache: str, r: Any, preprocessing: Preprocessing, batch_size: int,
+        keep_tokens: bool, options: dict[str, Any], fail_once: str | None = None,
     ):
-        import tldr_jax
-
-        self.model = tldr_jax.load(model_dir)
+        self.model = load_retrieval_model(model_dir)
         self.cache = Path(cache)
         self.kwargs = dict(
-            r=r, num_frames=num_frames, batch_size=batch_size, sampling="middle", pad=True,
-            save_tokens=keep_tokens, workers=1, progress=False, **options,
+            r=r, preprocessing=preprocessing, batch_size=batch_size, save_tokens=keep_tokens, workers=1,
+            progress=False, **options,
         )
         self.fail_once = fail_once
 
@@ -85,8 +89,6 @@ class Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``{"path", "name"}`` rows in, ``{"path", "status", "error"}`` out (``status``: computed, reused
         or failed)."""
-        from tldr_jax.batch import run_directory
-
         paths = [str(p) for p in batch["path"]]
         names = dict(zip(paths, (str(n) for n in batch["name"])))
         summary = run_directory(
@@ -107,7 +109,7 @@ class Encoder:
 
 def _accelerators() -> tuple[str | None, int]:
     """The accelerator resource of the cluster (``"GPU"`` / ``"TPU"``) and its count, or (None, 0)."""
-    import ray
+    import ray  # optional (the [ray] extra): only a Ray build gets here
 
     res = ray.cluster_resources()
     for kind in ("GPU", "TPU"):
@@ -117,8 +119,8 @@ def _accelerators() -> tuple[str | None, int]:
 
 
 def encode(
-    model_dir: str, files: Sequence[Path], cache: Path, names: dict[str, str], *, r: Any, num_frames: int,
-    batch_size: int, keep_tokens: bool, workers: int, progress: bool, options: dict[str, Any],
+    model_dir: str, files: Sequence[Path], cache: Path, names: dict[str, str], *, r: Any,
+    preprocessing: Preprocessing, batch_size: int, keep_tokens: bool, progress: bool, options: dict[str, Any],
     actors: int | None = None,
 ) -> RaySummary:
     """Encode ``files`` on Ray into ``cache`` (``names[path]`` = the content-keyed result file).
@@ -126,14 +128,15 @@ def encode(
     Args:
       model_dir: the retrieval model directory (each actor loads it). files: the inputs.
       cache: the index's ``cache/`` (shared storage on a cluster). names: result file of each path.
-      r, num_frames, batch_size, keep_tokens, options: as :func:`~tldr_jax.retrieval.build_index`.
-      workers: unused (each actor reads its batch in one thread). progress: a progress bar on stderr.
+      r, batch_size, keep_tokens, options: as :func:`~tldr_jax.search.build_index`.
+      preprocessing: how files become clips. progress: a progress bar on stderr (each actor reads its
+        batch in one thread).
       actors: actors on CPUs (default 1); with accelerators, one actor per accelerator.
 
     Returns:
       :class:`RaySummary`.
     """
-    try:
+    try:  # optional (the [ray] extra): imported only when a Ray build is asked for
         import ray
         import ray.data
     except ImportError as err:
@@ -141,7 +144,6 @@ def encode(
             f"engine='ray' needs Ray Data ({err}); install it with pip install -e \".[ray]\" "
             "(or pip install 'ray[data]')."
         ) from None
-    from tqdm.auto import tqdm
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -167,8 +169,9 @@ def encode(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=summary.actors),
         fn_constructor_kwargs=dict(
-            model_dir=str(model_dir), cache=str(cache), r=r, num_frames=num_frames, batch_size=batch_size,
-            keep_tokens=keep_tokens, options=dict(options), fail_once=os.environ.get(FAIL_ONCE_ENV),
+            model_dir=str(model_dir), cache=str(cache), r=r, preprocessing=preprocessing,
+            batch_size=batch_size, keep_tokens=keep_tokens, options=dict(options),
+            fail_once=os.environ.get(FAIL_ONCE_ENV),
         ),
         **resources,
     )

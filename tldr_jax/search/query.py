@@ -1,11 +1,12 @@
-"""Text-to-video search over a :class:`~tldr_jax.retrieval.index.VideoIndex`: the official scores.
+"""Text-to-video search over a :class:`~tldr_jax.search.index.VideoIndex`: the official scores.
 
 For a query the official UMT evaluation ranks the videos by ITC (the cosine of the unit ``text_proj`` and
 ``vision_proj`` features, no temperature), then re-scores the top ``k`` of that ranking with the fusion
 layers and ``itm_head`` (the class-1 logit) and ranks those by it. :func:`search` does the same for one
 query against a stored collection: candidates from the vector index (exact inner product, or HNSW when
 the index was built with ``approximate=True``), their ITC scores recomputed from the stored vectors, and,
-with ``rerank``, :func:`tldr_jax.retrieval.rerank` (the official pair scoring) on the top candidates.
+with ``rerank``, :func:`tldr_jax.retrieval.fusion.rerank` (the official pair scoring) on the top candidates.
+The query is encoded by :func:`tldr_jax.retrieval.features.encode_texts`, as the evaluation encodes texts.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import os
 from typing import Any
 
 import numpy as np
+from usearch.index import search as exact_search
 
-from tldr_jax.retrieval.index import VideoIndex, load_index
+from tldr_jax.options import check_int
+from tldr_jax.retrieval.features import encode_texts
+from tldr_jax.retrieval.fusion import rerank as official_rerank
+from tldr_jax.search.index import VideoIndex, load_index
+from tldr_jax.text.tokenizer import pre_text
 
 #: Extra candidates fetched from the vector index before the exact ITC re-sort (near-ties at the cut).
 MARGIN = 16
 
-__all__ = ["SearchHit", "search"]
+__all__ = ["SearchHit", "candidates", "check_counts", "search"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +60,19 @@ class SearchHit:
         return out
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return int(value)
+def check_counts(k: Any, rerank: Any) -> tuple[int, int | None]:
+    """``k`` and ``rerank`` (or None) as positive ints with ``k <= rerank``: only the re-ranked candidates
+    get a matching score. ``TypeError`` / ``ValueError`` naming the bad value otherwise."""
+    k = check_int("k", k, minimum=1)
+    if rerank is None:
+        return k, None
+    rerank = check_int("rerank", rerank, minimum=1)
+    if k > rerank:
+        raise ValueError(
+            f"k={k} exceeds rerank={rerank}: only the re-ranked candidates get a matching score; give "
+            "rerank >= k."
+        )
+    return k, rerank
 
 
 def candidates(index: VideoIndex, query_feat: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +82,6 @@ def candidates(index: VideoIndex, query_feat: np.ndarray, count: int) -> tuple[n
     Args:
       index: the index. query_feat: ``(E,)`` unit text feature. count: rows wanted (at most ``len(index)``).
     """
-    from usearch.index import search as exact_search
-
     n = len(index)
     count = min(count, n)
     fetch = min(n, count + MARGIN)
@@ -99,14 +112,14 @@ def search(
     """Rank the indexed videos for a text query, as the official evaluation ranks them.
 
     Args:
-      index: a :class:`VideoIndex` (:func:`~tldr_jax.retrieval.load_index`, ``build_index``) or its path.
+      index: a :class:`VideoIndex` (:func:`~tldr_jax.search.index.load_index`, ``build_index``) or its path.
       query: the text.
       k: results returned.
       rerank: re-score the top ``rerank`` ITC candidates with the matching head (official ITM, the
         evaluation's ``k_test``) and rank them by it; needs an index built with ``keep_tokens=True``, and
         ``k <= rerank``. None: ITC ranking only.
       max_length: tokens of the query (default: MSR-VTT's 32, or the text tower's positions if fewer).
-      clean: apply the official caption cleaning (:func:`~tldr_jax.retrieval.pre_text`) to the query.
+      clean: apply the official caption cleaning (:func:`~tldr_jax.text.tokenizer.pre_text`) to the query.
       model: with a path ``index``, the model to open it with (default: the one it was built from).
       precision: float32 matrix-product precision of the text tower and the matching head.
 
@@ -115,21 +128,11 @@ def search(
       class-1 logit after re-ranking (``itc`` is kept on every hit).
 
     Raises:
-      ValueError: an empty query, ``k`` / ``rerank`` not a positive int, ``k > rerank``, re-ranking an
-        index without tokens, an index of another model. FileNotFoundError: a missing index.
+      ValueError: an empty query, ``k`` / ``rerank`` below 1, ``k > rerank``, re-ranking an index without
+        tokens, an index of another model. TypeError: ``k`` / ``rerank`` not an int. FileNotFoundError: a
+        missing index.
     """
-    from tldr_jax.retrieval.annotations import pre_text
-    from tldr_jax.retrieval.evaluation import encode_texts
-    from tldr_jax.retrieval.evaluation import rerank as official_rerank
-
-    k = _check_count("k", k)
-    if rerank is not None:
-        rerank = _check_count("rerank", rerank)
-        if k > rerank:
-            raise ValueError(
-                f"k={k} exceeds rerank={rerank}: only the re-ranked candidates get a matching score; give "
-                "rerank >= k."
-            )
+    k, rerank = check_counts(k, rerank)
     if not isinstance(query, str) or not query.strip():
         raise ValueError(f"the query must be a non-empty text; got {query!r}.")
     if not isinstance(index, VideoIndex):

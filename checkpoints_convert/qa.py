@@ -1,0 +1,401 @@
+"""Official UMT video-QA checkpoints (``models/umt_qa.py::UMT_QA``) -> a tldr_jax QA directory.
+
+``python -m checkpoints_convert qa_msrvtt_b16.pth OUT --format umt_qa --vocab vocab.txt
+[--text-config config_bert.json] [--num-heads N --num-frames T --img-size S]`` writes a directory that
+``tldr_jax.load`` returns as a :class:`tldr_jax.qa.QAModel`.
+
+Keys read (``module.`` prefixes stripped; a ``{"model": ...}`` wrapper peeled, also from released files
+holding the optimizer, scheduler and a pickled training config, which is read safely):
+
+* ``vision_encoder.*``: the UMT vision encoder without ``pool_norm`` (the vision converter);
+* ``text_encoder.{embeddings,encoder}.*``: the question encoder (the retrieval text tower's names and
+  table, :data:`checkpoints_convert.retrieval.TEXT`, without its heads);
+* ``text_decoder.bert.{embeddings,encoder}.*``: the decoder's embeddings and layers (the same table, read
+  under ``text_decoder.bert.``; every layer has cross-attention);
+* ``text_decoder.cls.predictions.{transform.dense, transform.LayerNorm, bias}``: the LM head;
+  ``cls.predictions.decoder.weight`` is tied to the decoder's word embeddings and ``decoder.bias`` is
+  ``bias`` itself: both are verified equal and dropped; the ``position_ids`` buffers are verified.
+
+Text sizes come from the weights as for retrieval (``--text-config`` gives heads, LayerNorm epsilon and
+the activation); the decoder must have ``num_layers - fusion_layer`` layers, as the official builder
+makes it. The vision sizes the flags leave open (heads, frames, image size) are read from the training
+config when the file holds one; a flag that contradicts it is refused in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from checkpoints_convert import core, formats, readers, rules
+from checkpoints_convert.common import (
+    file_records,
+    ignore_rules,
+    json_safe,
+    output_path,
+    report_lines,
+    section,
+    write_output,
+)
+from checkpoints_convert.errors import ConversionError
+from checkpoints_convert.retrieval import TEXT, _invert, _read_json, infer_text_config, read_vocab
+from checkpoints_convert.rules import Rule, Table, layernorm, linear
+from tldr_jax.checkpoint import unflatten_tree
+
+QUESTION_PREFIX = "text_encoder."
+DECODER_PREFIX = "text_decoder.bert."
+HEAD_PREFIX = "text_decoder.cls.predictions."
+#: Where a key goes: the question encoder, the decoder, or (anything else) the vision converter.
+_PARTS = {"question": re.compile(r"text_encoder\."), "decoder": re.compile(r"text_decoder\.")}
+
+#: The decoder: its BERT part renamed from ``text_decoder.bert.`` to the text table's ``text_encoder.``,
+#: and the LM head.
+DECODER = Table(
+    rules=(
+        *TEXT.rules,
+        Rule(f"{HEAD_PREFIX}bias", "head/bias"),
+        *linear(f"{HEAD_PREFIX}transform.dense", "head/dense"),
+        *layernorm(f"{HEAD_PREFIX}transform.LayerNorm", "head/norm"),
+    ),
+    ignore=(
+        *TEXT.ignore,
+        (
+            re.escape(HEAD_PREFIX) + r"decoder\.weight$",
+            "cls.predictions.decoder.weight (tied to the word embeddings)",
+        ),
+        (
+            re.escape(HEAD_PREFIX) + r"decoder\.bias$",
+            "cls.predictions.decoder.bias (the same tensor as its bias)",
+        ),
+    ),
+)
+
+#: Training-config entries (``config["model"]["vision_encoder"]`` / top level) -> converter option.
+_TRAINING_FIELDS = {
+    "num_heads": ("encoder_num_heads",),
+    "img_size": ("img_size",),
+    "num_frames": ("num_frames",),
+}
+
+
+@dataclasses.dataclass
+class QAConversion:
+    """A finished QA conversion (the vision part's :class:`~checkpoints_convert.core.Conversion` plus the
+    question encoder and the decoder)."""
+
+    model: Any
+    vision: core.Conversion
+    dropped: dict[str, list[str]]
+    notes: list[str]
+    origin: str
+    num_tensors: int
+    out: Path | None = None
+
+    @property
+    def params(self) -> Any:
+        """The converted :class:`~tldr_jax.qa.QAModel`."""
+        return self.model
+
+    def summary(self) -> str:
+        """One line: source, parts, sizes, destination."""
+        tc, vc = self.model.text_config, self.model.vision.config
+        n_dropped = sum(len(v) for v in self.dropped.values())
+        dest = f" -> {self.out}" if self.out is not None else ""
+        vision = (
+            f"{vc.name} [depth {vc.depth}, width {vc.embed_dim}, {vc.num_heads} heads, "
+            f"{vc.num_frames} frames @ {vc.img_size}px]"
+        )
+        question = (
+            f"BERT [{tc.num_layers} layers (fusion from {tc.fusion_layer}), width {tc.hidden_size}, "
+            f"{tc.num_heads} heads, vocab {tc.vocab_size}]"
+        )
+        return (
+            f"converted {self.origin} (umt_qa, {self.num_tensors} tensors, {n_dropped} dropped){dest}: "
+            f"vision {vision}; question {question}; answer decoder "
+            f"[{self.model.decoder_config.num_layers} layers]; {self.model.num_params() / 1e6:.2f}M params"
+        )
+
+    def report_lines(self) -> list[str]:
+        """What was dropped and decided, one line each."""
+        return report_lines(self.dropped, self.notes)
+
+
+def _split(raw: Mapping[str, Any], origin: str) -> dict[str, dict[str, str]]:
+    """``{part: {normalised key: original}}`` for ``vision``, ``question`` and ``decoder``."""
+    parts: dict[str, dict[str, str]] = {"vision": {}, "question": {}, "decoder": {}}
+    for short, orig in formats.strip_ddp(raw.keys()).items():
+        part = next((p for p, rx in _PARTS.items() if rx.match(short)), "vision")
+        if short.startswith(DECODER_PREFIX):
+            short = QUESTION_PREFIX + short[len(DECODER_PREFIX) :]
+        parts[part][short] = orig
+    if not parts["decoder"]:
+        raise ConversionError(
+            f"{origin} has no answer decoder (text_decoder.*): it is not a UMT-QA checkpoint. Convert a "
+            "retrieval checkpoint without --format umt_qa, or a vision encoder without --vocab."
+        )
+    return parts
+
+
+def _check_buffers(state: Mapping[str, Any], names: Mapping[str, str], origin: str) -> None:
+    """The ``position_ids`` buffer is ``0, 1, 2, ...``; tied / shared head tensors equal their twins."""
+    key = "text_encoder.embeddings.position_ids"
+    if key in state and not np.array_equal(
+        ids := readers.to_numpy(state[key], names[key]).reshape(-1), np.arange(ids.size)
+    ):
+        raise ConversionError(f"{origin}: {names[key]} is not 0, 1, 2, ...; the file is corrupt.")
+    twins = {
+        f"{HEAD_PREFIX}decoder.weight": "text_encoder.embeddings.word_embeddings.weight",
+        f"{HEAD_PREFIX}decoder.bias": f"{HEAD_PREFIX}bias",
+    }
+    for key, twin in twins.items():
+        if key in state and twin in state:
+            a, b = readers.to_numpy(state[key], names[key]), readers.to_numpy(state[twin], names[twin])
+            if a.shape != b.shape or not np.array_equal(a, b):
+                raise ConversionError(
+                    f"{origin}: {names[key]} differs from {names[twin]}, but the official decoder ties them "
+                    "(one tensor); the file is corrupt or not from UMT_QA."
+                )
+
+
+def map_tree(
+    table: Table,
+    state: Mapping[str, Any],
+    names: Mapping[str, str],
+    expected: Mapping[str, tuple[int, ...]],
+    ignore: list[tuple[str, str]],
+    what: str,
+    origin: str,
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Map ``state`` with ``table`` onto exactly the ``expected`` tree; returns the tree and the drops.
+
+    Raises:
+      ConversionError: missing, unexpected, mis-shaped or duplicate keys, listed by original name.
+    """
+    mapped = rules.apply_table(
+        table, state, extra_ignore=ignore, to_array=lambda k, v: readers.to_numpy(v, names[k])
+    )
+    missing = [
+        f"{t} (from {' + '.join(k for k, _ in table.sources_for(t)) or '?'})"
+        for t in expected
+        if t not in mapped.arrays
+    ]
+    unexpected = [names[k] for k in mapped.unexpected] + [t for t in mapped.arrays if t not in expected]
+    mismatched = [
+        f"{'+'.join(names[s] for s in mapped.sources[t])}: {tuple(mapped.arrays[t].shape)} vs {expected[t]}"
+        for t in expected
+        if t in mapped.arrays and tuple(mapped.arrays[t].shape) != expected[t]
+    ] + [f"{names[k]}: {why}" for k, why in mapped.bad]
+    if missing or unexpected or mismatched or mapped.duplicates:
+        lines = [f"cannot convert the {what} of {origin}:"]
+        lines += section(f"Missing {what} weights", missing)
+        lines += section(f"Unexpected {what} keys", unexpected)
+        lines += section("Shape mismatches", mismatched)
+        lines += section("Duplicate keys", [f"{a} and {b} -> {t}" for t, a, b in mapped.duplicates])
+        lines.append(
+            "Fix: pass the matching --text-config; drop unused keys with --ignore REGEX; re-download a "
+            "truncated file."
+        )
+        raise ConversionError("\n".join(lines))
+    tree = unflatten_tree({p: jnp.asarray(mapped.arrays[p]) for p in expected})
+    return tree, {g: [names[k] for k in keys] for g, keys in mapped.dropped.items()}
+
+
+def _text_parts(
+    raw: Mapping[str, Any],
+    parts: Mapping[str, Mapping[str, str]],
+    bert: Mapping[str, Any] | None,
+    user: Mapping[str, list[tuple[str, str]]],
+    origin: str,
+) -> tuple[dict[str, Any], Any, dict[str, list[str]], list[str]]:
+    """The question and decoder trees, the TextConfig, drops and notes."""
+    from tldr_jax.qa.model import QuestionEncoder
+    from tldr_jax.text.decoder import AnswerDecoder, decoder_config, module_shapes
+
+    states = {p: {k: raw[o] for k, o in parts[p].items()} for p in ("question", "decoder")}
+    for p in states:
+        _check_buffers(states[p], parts[p], origin)
+    tc, notes = infer_text_config(states["question"], bert, origin)
+    try:
+        dc = decoder_config(tc)
+    except ValueError as e:
+        raise ConversionError(f"{origin}: {e}") from e
+    trees, dropped = {}, {}
+    for p, table, module, cfg in (
+        ("question", TEXT, QuestionEncoder, tc),
+        ("decoder", DECODER, AnswerDecoder, dc),
+    ):
+        what = "question encoder" if p == "question" else "answer decoder"
+        trees[p], drops = map_tree(
+            table, states[p], parts[p], module_shapes(module, cfg), user[p], what, origin
+        )
+        dropped.update({f"{g} [{p}]": keys for g, keys in drops.items()})
+    return trees, tc, dropped, notes
+
+
+def _training_defaults(state: Any, options: dict[str, Any], origin: str) -> list[str]:
+    """Fill the vision options the caller left open from a stored training config; refuse contradictions."""
+    cfg = state.get("config") if isinstance(state, Mapping) else None
+    model = cfg.get("model") if isinstance(cfg, Mapping) else None
+    vision = model.get("vision_encoder") if isinstance(model, Mapping) else None
+    if not isinstance(vision, Mapping):
+        return []
+    notes = []
+    for option, (field,) in _TRAINING_FIELDS.items():
+        value = cfg.get("num_frames_test") if option == "num_frames" else None
+        value = value if isinstance(value, int) else vision.get(field)
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        given = options.get(option)
+        if given is not None and given != value:
+            flag = "--" + option.replace("_", "-")
+            raise ConversionError(
+                f"{flag} {given} contradicts the training config stored in {origin} ({field} = {value}); "
+                f"drop {flag} or pass {value}."
+            )
+        if given is None:
+            options[option] = value
+            notes.append(f"{option} = {value} read from the stored training config")
+    return notes
+
+
+def convert_qa_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    vocab: Any,
+    text_config: Mapping[str, Any] | None = None,
+    origin: str = "<state dict>",
+    ignore: tuple[str, ...] = (),
+    verbose: bool = True,
+    **vision_options: Any,
+) -> QAConversion:
+    """Convert an in-memory official UMT-QA state dict (see the module docstring).
+
+    Args:
+      state_dict: ``{name: tensor}``, optionally wrapped (``{"model": ..., "config": ...}``).
+      vocab: a :class:`~tldr_jax.text.tokenizer.Vocabulary` or a token list.
+      text_config: the BERT config dict (``config_bert.json``), or None.
+      ignore: regexes of keys to drop explicitly (any part).
+      **vision_options: the vision converter's options (``num_heads``, ``num_frames``, ``img_size``, ...).
+    """
+    from tldr_jax.qa.model import QAModel, check_parts
+    from tldr_jax.text.tokenizer import Vocabulary, check_vocab
+
+    notes = _training_defaults(state_dict, vision_options, origin)
+    raw = formats.unwrap_state_dict(state_dict, origin)
+    parts = _split(raw, origin)
+    hits = {
+        p: [x for x in ignore if any(re.match(x, k) or re.match(x, o) for k, o in parts[p].items())]
+        for p in parts
+    }
+    unmatched = [x for x in ignore if not any(x in h for h in hits.values())]
+    if unmatched:
+        raise ConversionError(f"--ignore {unmatched[0]!r} matches no key of {origin}; check the pattern.")
+    vision_state = {k: raw[o] for k, o in parts["vision"].items()}
+    vision = core.convert_state_dict_detailed(
+        vision_state, "umt", origin=origin, ignore=hits["vision"], verbose=False, **vision_options
+    )
+    user = {p: ignore_rules(hits[p], parts[p], origin) for p in ("question", "decoder")}
+    trees, tc, dropped, text_notes = _text_parts(raw, parts, text_config, user, origin)
+    vc = vision.params.config
+    vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary(vocab)
+    try:
+        check_parts(vc.embed_dim, vc.pool_norm, vc.vision_proj_dim, tc)
+        check_vocab(vocab, tc)
+    except ValueError as e:
+        raise ConversionError(f"{origin}: {e}") from e
+    model = QAModel(vision=vision.params, text_config=tc, vocab=vocab, **trees)
+    all_notes = [*notes, *vision.notes, *text_notes]
+    conv = QAConversion(model, vision, {**vision.dropped, **dropped}, all_notes, origin, len(raw))
+    if verbose:
+        for line in conv.report_lines():
+            print(line)
+    return conv
+
+
+def convert_qa(
+    src: str | Path,
+    out: str | Path,
+    *,
+    vocab: str | Path | None = None,
+    text_config: str | Path | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> QAConversion:
+    """Convert an official UMT-QA checkpoint file into a QA directory (atomic).
+
+    Raises:
+      ConversionError: no ``vocab``, an unreadable source, missing / unexpected / mis-shaped keys, a text
+        or training config that contradicts the weights or the flags, or an existing ``out`` without
+        ``overwrite``.
+    """
+    from tldr_jax.qa.checkpoint import save as save_qa
+
+    if vocab is None:
+        raise ConversionError(
+            "a QA conversion needs the vocabulary the text side was trained with: pass --vocab vocab.txt "
+            "(bert-base-uncased's for UMT-B)."
+        )
+    out_path = output_path(out, overwrite)
+    voc = read_vocab(vocab)
+    bert = _read_json(text_config, "text config") if isinstance(text_config, (str, Path)) else text_config
+    source = readers.read_source(src)
+    options.pop("fmt", None)
+    conv = convert_qa_state_dict(source.state, vocab=voc, text_config=bert, origin=source.label, **options)
+    used = {k: v for k, v in options.items() if v is not None and k not in ("verbose", "progress")}
+    extra = [Path(p) for p in (vocab, text_config) if isinstance(p, (str, Path))]
+    metadata: dict[str, Any] = {
+        "source": {
+            "converter": "checkpoints_convert",
+            "format": "umt_qa",
+            "path": source.label,
+            "files": file_records(source.files) + file_records(extra, sizes=False),
+            "options": json_safe(used),
+            "text_config_file": json_safe(bert) if bert else None,
+            "dropped": {g: len(k) for g, k in conv.dropped.items()},
+            "notes": conv.notes,
+        }
+    }
+    cfg = source.state.get("config") if isinstance(source.state, Mapping) else None
+    if isinstance(cfg, Mapping):
+        metadata["source"]["training_config"] = json_safe(cfg)
+    write_output(save_qa, conv.model, out_path, metadata=metadata, overwrite=overwrite)
+    conv.out = out_path
+    return conv
+
+
+# --------------------------------------------------------------------------------------------------
+# The other way: a QAModel in the official key layout (tests, benchmarks, offline notebooks).
+# --------------------------------------------------------------------------------------------------
+
+
+def to_official_state_dict(model: Any) -> dict[str, np.ndarray]:
+    """The ``UMT_QA.state_dict()`` layout of a QAModel (numpy arrays, ``(out, in)`` Linear weights, the
+    ``position_ids`` buffers and the tied ``cls.predictions.decoder.{weight, bias}`` included). Also maps a
+    gradient pytree of the model to official names."""
+    sd = {f"vision_encoder.{k}": v for k, v in _invert(rules.UMT, model.vision.tree).items()}
+    sd.update(_invert(TEXT, model.question))
+    for key, value in _invert(DECODER, model.decoder).items():
+        sd[DECODER_PREFIX + key[len(QUESTION_PREFIX) :] if key.startswith(QUESTION_PREFIX) else key] = value
+    positions = np.arange(model.text_config.max_position_embeddings, dtype=np.int64)[None]
+    sd["text_encoder.embeddings.position_ids"] = positions
+    sd[f"{DECODER_PREFIX}embeddings.position_ids"] = positions.copy()
+    sd[f"{HEAD_PREFIX}decoder.weight"] = sd[f"{DECODER_PREFIX}embeddings.word_embeddings.weight"]
+    sd[f"{HEAD_PREFIX}decoder.bias"] = sd[f"{HEAD_PREFIX}bias"]
+    return sd
+
+
+def save_official(model: Any, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+    """``torch.save({"model": state_dict, **extra}, path)`` in the official layout (tests, demos,
+    benchmarks)."""
+    import torch
+
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in to_official_state_dict(model).items()}
+    path = Path(path)
+    torch.save({"model": sd, **dict(extra or {})}, path)
+    return path

@@ -1,0 +1,22 @@
+"""Searching a video collection with a retrieval model: encode every clip once, rank them for a text.
+
+::
+
+    from tldr_jax import search
+    index = search.build_index("ckpt/umt_b16_ret", "videos/", "videos.index", r="msrvtt", keep_tokens=True)
+    hits = search.search(index, "a dog catches a frisbee", k=10, rerank=50)   # SearchHit list
+    index = search.load_index("videos.index")                 # later: opens the model it was built with
+
+* :mod:`~tldr_jax.search.index`: the index on disk (format, :class:`VideoIndex`, :func:`load_index`);
+* :mod:`~tldr_jax.search.collection`: which files a collection holds, and their records;
+* :mod:`~tldr_jax.search.build`: :func:`build_index` and :func:`encode_shard` (multi-host), through the
+  retrieval features' one clip path and :func:`tldr_jax.batch.run_directory`'s content-keyed cache;
+* :mod:`~tldr_jax.search.ray_engine`: the same encoding on Ray (``engine="ray"``);
+* :mod:`~tldr_jax.search.query`: :func:`search`, the official ITC ranking and ITM re-ranking of a query.
+"""
+
+from tldr_jax.search.build import BuildReport, build_index, encode_shard
+from tldr_jax.search.index import VideoIndex, load_index
+from tldr_jax.search.query import SearchHit, search
+
+__all__ = ["BuildReport", "SearchHit", "VideoIndex", "build_index", "encode_shard", "load_index", "search"]

@@ -1,0 +1,465 @@
+"""Building a video index: every clip of a collection encoded once (vid-TLDR on), stored as unit vectors.
+
+::
+
+    from tldr_jax import search
+    index = search.build_index("ckpt/umt_b16_ret", "videos/", "videos.index", r="msrvtt", keep_tokens=True)
+    hits = search.search(index, "a dog catches a frisbee", k=10, rerank=50)
+
+Files become clips exactly as the retrieval evaluation reads them
+(:func:`tldr_jax.retrieval.features.clip_preprocessing`, trimming included), and are encoded by
+:func:`tldr_jax.batch.run_directory` (or on Ray, :mod:`tldr_jax.search.ray_engine`) into the index's
+content-keyed ``cache/``; the index is then written from the cache (:mod:`tldr_jax.search.index`
+describes the files). Re-indexing encodes only new or changed files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from usearch.index import Index
+
+from tldr_jax.api import schedule
+from tldr_jax.batch import read_meta, run_directory, run_key, run_settings
+from tldr_jax.files import atomic_directory, jsonable, write_text_atomic
+from tldr_jax.options import ApplyOptions, check_int
+from tldr_jax.retrieval.features import clip_preprocessing
+from tldr_jax.retrieval.model import RetrievalModel
+from tldr_jax.search import ray_engine
+from tldr_jax.search.collection import collect_videos, index_entries
+from tldr_jax.search.index import (
+    CACHE_DIR,
+    FORMAT_VERSION,
+    HNSW_EXPANSION_ADD,
+    HNSW_FILE,
+    INDEX_FILE,
+    INDEX_KIND,
+    TOKENS_FILE,
+    VECTORS_FILE,
+    IndexEntry,
+    VideoIndex,
+    check_identity,
+    model_fingerprint,
+    read_info,
+    resolve_model,
+)
+from tldr_jax.text.bert import normalize
+from tldr_jax.video import Preprocessing
+
+PathLike = str | os.PathLike
+ENGINES: tuple[str, ...] = ("local", "ray")
+
+__all__ = ["ENGINES", "BuildReport", "BuildSettings", "build_index", "encode_shard"]
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What :func:`build_index` did.
+
+    Attributes:
+      computed: videos encoded in this run. reused: videos whose features were already in the cache.
+      failed: video -> error, for files that could not be read (left out with ``skip_unreadable=True``).
+      engine: ``"local"`` or ``"ray"``. seconds: wall time of the whole build (hashing, encoding, writing).
+      encode_seconds: time spent encoding (the ``run_directory`` / Ray stage).
+    """
+
+    computed: list[str] = dataclasses.field(default_factory=list)
+    reused: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    engine: str = "local"
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def videos_per_second(self) -> float:
+        """Videos encoded per second of encoding (0 when nothing was encoded)."""
+        return len(self.computed) / self.encode_seconds if self.computed and self.encode_seconds > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+    """The arguments of :func:`build_index` / :func:`encode_shard` (see :func:`build_index`).
+
+    Attributes:
+      r, batch_size, keep_tokens, approximate, num_frames, trim_seconds, engine, actors,
+        skip_unreadable, overwrite, workers, progress: as :func:`build_index` takes them.
+      options: the non-default :func:`tldr_jax.apply` options.
+      shard: ``(index, count)`` for :func:`encode_shard` (encode a share, write no index), else None.
+    """
+
+    r: Any = "msrvtt"
+    batch_size: int = 8
+    keep_tokens: bool = False
+    approximate: bool = False
+    num_frames: int | None = None
+    trim_seconds: float | None = None
+    engine: str = "local"
+    actors: int | None = None
+    skip_unreadable: bool = False
+    overwrite: bool = False
+    workers: int = 2
+    progress: bool = True
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    shard: tuple[int, int] | None = None
+
+    @classmethod
+    def checked(cls, apply_options: dict[str, Any], **fields: Any) -> BuildSettings:
+        """The settings with every field checked (``ValueError`` / ``TypeError`` naming the bad one)."""
+        shard = fields.get("shard")
+        if shard is not None and (
+            not isinstance(shard, (tuple, list)) or len(shard) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+            or not 0 <= shard[0] < shard[1]
+        ):
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count; got {shard!r}.")
+        s = cls(**fields)
+        check_int("batch_size", s.batch_size, minimum=1)
+        check_int("workers", s.workers, minimum=0)
+        if s.actors is not None:
+            check_int("actors", s.actors, minimum=1)
+        for name in ("keep_tokens", "approximate", "skip_unreadable", "overwrite", "progress"):
+            if not isinstance(getattr(s, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False; got {getattr(s, name)!r}.")
+        if s.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {s.engine!r}.")
+        opts = ApplyOptions.from_kwargs(apply_options, where="build_index").non_default()
+        shard = None if shard is None else (int(shard[0]), int(shard[1]))
+        return dataclasses.replace(s, options=opts, shard=shard)
+
+
+@dataclasses.dataclass
+class _Job:
+    """What a build works on, resolved from the arguments before anything is written."""
+
+    out: Path
+    previous: dict[str, Any] | None
+    model: RetrievalModel
+    model_dir: str | None
+    files: list[Path]
+    entries: list[IndexEntry]
+    prep: Preprocessing
+    schedule: Any
+    identity: dict[str, Any]
+
+    @property
+    def cache(self) -> Path:
+        """The index's content-keyed result cache."""
+        return self.out / CACHE_DIR
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs.
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The existing index's info (None when ``out`` is new); refuse a path that is not an index."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise NotADirectoryError(f"out {out} exists and is not a directory; give a new index path.")
+    if (out / INDEX_FILE).exists():
+        try:
+            return read_info(out)
+        except ValueError:
+            if overwrite:
+                return None
+            raise
+    if any(out.iterdir()) and not (out / CACHE_DIR).is_dir():
+        raise FileExistsError(
+            f"out {out} is a non-empty folder that is not a video index; give a new or empty path."
+        )
+    return None
+
+
+def _identity(model: RetrievalModel, s: BuildSettings, prep: Preprocessing, sched: Any) -> dict[str, Any]:
+    """The index's ``settings``: what its features depend on (``trim_seconds`` only when set, so that
+    indexes written before it existed keep their identity)."""
+    identity = {
+        "model": model_fingerprint(model),
+        "arch": model.vision.config.name,
+        "r": jsonable(s.r),
+        "tokens": list(sched.tokens),
+        "vid_tldr": sched.tokens[-1] < sched.tokens[0],
+        "num_frames": int(prep.num_frames),
+        "keep_tokens": bool(s.keep_tokens),
+        "options": jsonable(dict(sorted(s.options.items()))),
+        "preprocessing": "umt_eval (middle sampling, padded)",
+    }
+    if prep.trim_seconds is not None:
+        identity["trim_seconds"] = prep.trim_seconds
+    return identity
+
+
+def _prepare(model: Any, videos: Any, out: Any, s: BuildSettings) -> _Job:
+    """Check everything and resolve the inputs (reads only: nothing is written)."""
+    out_path = Path(out).expanduser().absolute()
+    previous = _check_out(out_path, s.overwrite)
+    root, files = collect_videos(videos)
+    if s.shard is not None:
+        files = files[s.shard[0] :: s.shard[1]]
+    loaded, model_dir = resolve_model(model)
+    if s.engine == "ray" and model_dir is None:
+        raise ValueError("engine='ray' needs the model as a directory path (each actor loads it).")
+    frames = None if s.num_frames is None else check_int("num_frames", s.num_frames, minimum=1)
+    prep = clip_preprocessing(loaded, frames, s.trim_seconds)
+    sched = schedule(loaded.vision, s.r, num_frames=prep.num_frames)  # ValueError for an r that does not fit
+    identity = _identity(loaded, s, prep, sched)
+    if previous is not None and not s.overwrite:
+        check_identity(previous["settings"], identity, out_path,
+                       "index into a new path, or pass overwrite=True (CLI: --overwrite) to rebuild it.")
+    old_entries = {e["path"]: IndexEntry.from_json(e) for e in (previous or {}).get("entries", [])}
+    entries = index_entries(root, files, old_entries)
+    return _Job(out_path, previous, loaded, model_dir, files, entries, prep, sched, identity)
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding and collecting.
+# --------------------------------------------------------------------------------------------------
+
+
+def _encode(job: _Job, s: BuildSettings) -> tuple[Any, BuildReport]:
+    """Encode the files missing from the cache (local or Ray); the run summary and a first report."""
+    changed = job.previous is None or job.previous["settings"] != job.identity
+    if s.overwrite and changed and job.cache.exists():
+        shutil.rmtree(job.cache)  # other settings' features; the previous index stays readable until replaced
+    names = {e.path: e.result_name for e in job.entries}
+    tic = time.perf_counter()
+    if s.engine == "local":
+        summary = run_directory(
+            job.model.vision, job.cache, job.cache, inputs=job.files, output_name=lambda p: names[str(p)],
+            r=s.r, preprocessing=job.prep, batch_size=s.batch_size, save_tokens=s.keep_tokens,
+            workers=s.workers, progress=s.progress, **s.options,
+        )
+    else:
+        summary = ray_engine.encode(
+            job.model_dir, job.files, job.cache, names, r=s.r, preprocessing=job.prep,
+            batch_size=s.batch_size, keep_tokens=s.keep_tokens, progress=s.progress, options=s.options,
+            actors=s.actors,
+        )
+    report = BuildReport(engine=s.engine, encode_seconds=time.perf_counter() - tic)
+    report.computed, report.reused = list(summary.processed), list(summary.skipped)
+    return summary, report
+
+
+def _collect(job: _Job, s: BuildSettings, summary: Any, report: BuildReport) -> list[IndexEntry]:
+    """The entries whose features are in the cache (made with these settings); the others go to
+    ``report.failed`` and raise unless ``skip_unreadable``."""
+    key = run_key(run_settings(job.model.vision, job.prep, s.r, s.keep_tokens, s.options))
+    done = []
+    for e in job.entries:
+        meta = read_meta(job.cache / e.result_name)
+        if meta is not None and meta.get("run_key") == key:
+            done.append(dataclasses.replace(e, frames=job.prep.num_frames,
+                                            warnings=tuple(meta.get("warnings", ()))))
+        else:
+            report.failed[e.video] = summary.failed.get(Path(e.path).name, "not encoded")
+    if report.failed and not s.skip_unreadable:
+        name, err = next(iter(report.failed.items()))
+        err = err if len(err) <= 200 else err[:200] + " ..."
+        raise ValueError(
+            f"{len(report.failed)} of {len(job.entries)} videos could not be read (e.g. {name}: {err}); "
+            "remove or fix them, or pass skip_unreadable=True (CLI: --skip-bad) to index the others (the "
+            "features computed so far are kept in the index's cache/ and reused)."
+        )
+    if not done:
+        raise ValueError(f"none of the {len(job.entries)} videos could be read; nothing to index.")
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing.
+# --------------------------------------------------------------------------------------------------
+
+
+def _stacked(
+    cache: Path, entries: list[IndexEntry], keep_tokens: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(n, E)`` float32 unit vectors and ``(n, N', D)`` float32 tokens (or None) from the cache."""
+    emb, toks = [], []
+    for e in entries:
+        with np.load(cache / e.result_name, allow_pickle=False) as z:
+            emb.append(z["embedding"])
+            if keep_tokens:
+                toks.append(z["tokens"])
+    # The same normalisation as encode_video (official F.normalize of vision_proj), in float32.
+    vectors = np.asarray(normalize(jnp.asarray(np.stack(emb), jnp.float32)), np.float32)
+    return vectors, (np.stack(toks).astype(np.float32) if keep_tokens else None)
+
+
+def _write_data(
+    out: Path, vectors: np.ndarray, tokens: np.ndarray | None, approximate: bool
+) -> tuple[str, dict[str, int]]:
+    """``data-<id>/`` (a temporary directory, renamed): its name and the bytes of each file."""
+    data_name = f"data-{uuid.uuid4().hex[:12]}"
+    nbytes = {"vectors": int(vectors.nbytes), "tokens": 0, "hnsw": 0}
+    with atomic_directory(out / data_name) as tmp:
+        np.save(tmp / VECTORS_FILE, vectors)
+        if tokens is not None:
+            np.save(tmp / TOKENS_FILE, tokens)
+            nbytes["tokens"] = int(tokens.nbytes)
+        if approximate:
+            ann = Index(ndim=vectors.shape[1], metric="ip", dtype="f32", expansion_add=HNSW_EXPANSION_ADD)
+            ann.add(np.arange(len(vectors), dtype=np.uint64), vectors)
+            ann.save(str(tmp / HNSW_FILE))
+            nbytes["hnsw"] = (tmp / HNSW_FILE).stat().st_size
+    return data_name, nbytes
+
+
+def _write_index(job: _Job, entries: list[IndexEntry], approximate: bool) -> None:
+    """Write ``data-<id>/``, then ``index.json`` (atomic), then remove the previous data directory."""
+    keep = job.identity["keep_tokens"]
+    vectors, tokens = _stacked(job.cache, entries, keep)
+    data_name, nbytes = _write_data(job.out, vectors, tokens, approximate)
+    width = job.model.vision.config.embed_dim
+    nbytes["tokens_unmerged"] = len(entries) * job.schedule.tokens[0] * width * 4 if keep else 0
+    nbytes["cache"] = sum(f.stat().st_size for f in job.cache.glob("*.npz"))
+    info = {
+        "kind": INDEX_KIND,
+        "format": FORMAT_VERSION,
+        "settings": job.identity,
+        "model_dir": job.model_dir,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": data_name,
+        "metric": "ip",
+        "approximate": bool(approximate),
+        "dim": int(vectors.shape[1]),
+        "count": len(entries),
+        "tokens_shape": [int(job.schedule.tokens[-1]), int(width)] if keep else None,
+        "bytes": nbytes,
+        "entries": [e.to_json() for e in entries],
+    }
+    write_text_atomic(job.out / INDEX_FILE, json.dumps(info, indent=1) + "\n")
+    for old in job.out.glob("data-*"):
+        if old.name != data_name and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _prune_cache(cache: Path, keep: set[str]) -> None:
+    """Remove cached results no entry refers to (files removed from or changed in the collection)."""
+    for f in cache.glob("*.npz"):
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The entry points.
+# --------------------------------------------------------------------------------------------------
+
+
+def build_index(
+    model: Any,
+    videos: PathLike | Sequence[PathLike],
+    out: PathLike,
+    *,
+    r: Any = "msrvtt",
+    batch_size: int = 8,
+    keep_tokens: bool = False,
+    approximate: bool = False,
+    num_frames: int | None = None,
+    trim_seconds: float | None = None,
+    engine: str = "local",
+    actors: int | None = None,
+    skip_unreadable: bool = False,
+    overwrite: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+    **apply_options: Any,
+) -> VideoIndex:
+    """Encode every video / ``.npy`` clip of a collection once and store the features in a vector index.
+
+    Args:
+      model: a retrieval model directory (recorded, so that :func:`~tldr_jax.search.index.load_index`
+        finds it) or a :class:`~tldr_jax.retrieval.RetrievalModel` (then ``load_index`` needs ``model=``;
+        ``engine="ray"`` needs a directory).
+      videos: a folder (searched recursively) or a list of files.
+      out: the index directory (created; an existing index is updated: only new or changed files are
+        encoded, removed files are dropped).
+      r: the vid-TLDR schedule (``"msrvtt"``, a tuple, a fraction, 0 = no merging).
+      batch_size: clips per encoder call (every batch padded to it: one compile).
+      keep_tokens: also store the merged video tokens, needed for ITM re-ranking (``search(rerank=...)``).
+      approximate: also build an HNSW graph and search it (else exact inner product over all vectors).
+      num_frames: frames per clip (default: the model's). Files are read as the retrieval evaluation
+        reads them (:func:`~tldr_jax.retrieval.features.clip_preprocessing`: middle frame of equal
+        segments, short videos padded), so both give the same features.
+      trim_seconds: sample only the first seconds of each video (DiDeMo's evaluation: 30), or None.
+      engine: ``"local"`` (:func:`tldr_jax.batch.run_directory` in this process) or ``"ray"`` (``ray.data``
+        batch inference, one actor per accelerator; :mod:`tldr_jax.search.ray_engine`).
+      actors: Ray actors on a machine without accelerators (default 1).
+      skip_unreadable: index the readable files when some cannot be read (default: raise, naming them;
+        the features already computed stay in ``cache/`` and are reused by the next run).
+      overwrite: rebuild an index made with another model or settings (default: refuse it).
+      workers: threads decoding ahead of the encoder. progress: progress bar on stderr.
+      **apply_options: :func:`tldr_jax.apply` options (``method``, ``dtype``, ``precision``, ...).
+
+    Returns:
+      the :class:`~tldr_jax.search.index.VideoIndex` (``.build`` is the :class:`BuildReport`).
+
+    Raises:
+      FileNotFoundError / NotADirectoryError / FileExistsError: a missing model or video folder, a path
+        that is not an index. ValueError: no videos, a model that is not a retrieval model, a schedule
+        that does not fit it, an existing index built with another model or settings, unreadable files.
+        Nothing is written before the arguments are checked, and the previous index stays usable until
+        the new one is complete.
+    """
+    started = time.perf_counter()
+    s = BuildSettings.checked(
+        apply_options, r=r, batch_size=batch_size, keep_tokens=keep_tokens, approximate=approximate,
+        num_frames=num_frames, trim_seconds=trim_seconds, engine=engine, actors=actors,
+        skip_unreadable=skip_unreadable, overwrite=overwrite, workers=workers, progress=progress,
+    )
+    job = _prepare(model, videos, out, s)
+    summary, report = _encode(job, s)
+    done = _collect(job, s, summary, report)
+    _write_index(job, done, s.approximate)
+    _prune_cache(job.cache, {e.result_name for e in done})
+    index = VideoIndex(job.out, read_info(job.out), job.model)
+    report.seconds = time.perf_counter() - started
+    index.build = report
+    return index
+
+
+def encode_shard(
+    model: Any,
+    videos: PathLike | Sequence[PathLike],
+    out: PathLike,
+    shard: tuple[int, int],
+    *,
+    r: Any = "msrvtt",
+    batch_size: int = 8,
+    keep_tokens: bool = False,
+    num_frames: int | None = None,
+    trim_seconds: float | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    **apply_options: Any,
+) -> BuildReport:
+    """Encode one share of a collection into an index's cache without writing the index (multi-host).
+
+    Process ``i`` of ``n`` (e.g. ``shard=(jax.process_index(), jax.process_count())`` after
+    ``jax.distributed.initialize()``) encodes the files ``i, i + n, ...`` of the sorted collection into
+    ``out/cache/`` (shared storage), on its local devices. Once every process is done, one call of
+    :func:`build_index` with the same arguments finds every result in the cache and writes the index.
+    Arguments as :func:`build_index`; returns the :class:`BuildReport` of this share (unreadable files
+    are listed in ``failed``, not raised).
+    """
+    started = time.perf_counter()
+    s = BuildSettings.checked(
+        apply_options, r=r, batch_size=batch_size, keep_tokens=keep_tokens, num_frames=num_frames,
+        trim_seconds=trim_seconds, skip_unreadable=True, workers=workers, progress=progress, shard=shard,
+    )
+    job = _prepare(model, videos, out, s)
+    summary, report = _encode(job, s)
+    report.failed = dict(summary.failed)
+    report.seconds = time.perf_counter() - started
+    return report

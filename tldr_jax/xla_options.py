@@ -1,0 +1,99 @@
+"""The per-program XLA compiler options of a forward: one rule for every backend.
+
+:func:`tldr_jax.apply` (and every entry point that compiles a forward through it: ``sharded_apply``,
+``run_directory``, the retrieval encoders, the index) compiles each program with the options
+:func:`compiler_options` chooses from the backend and two :class:`~tldr_jax.options.ApplyOptions`:
+
+* ``fast_compile`` on CPU: :data:`FAST_COMPILE_XLA_CPU`, XLA's older CPU kernel emitter (compiles many
+  differently shaped layers faster, runs them a little slower; README).
+* ``gpu_tuning`` on GPU: :data:`GPU_TUNING_XLA`. ``"heuristic"`` (default) turns off XLA's Triton GEMM
+  fusion and its autotuning: every dot becomes a cuBLASLt call with cuBLAS's heuristic algorithm choice,
+  as PyTorch eager runs them, and compiles fast. ``"tuned"`` also leaves Triton GEMMs out but autotunes
+  the cuBLASLt algorithms (results kept by the persistent compile cache) and skips the fusion autotuner,
+  whose results no cache keeps. ``"xla"`` leaves XLA's defaults.
+
+On TPU nothing is set. A key the user set in ``XLA_FLAGS`` is never overridden: per-program options
+would silently win over the flag, so they are dropped for it. Per-program options are used rather than
+``XLA_FLAGS`` because a library cannot set the flags reliably (XLA reads them once, and an unknown name
+aborts the process), while an unknown per-program key raises an error that :func:`unknown_option`
+turns into one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tldr_jax.options import GPU_TUNINGS
+
+__all__ = [
+    "FAST_COMPILE_XLA_CPU", "GPU_TUNINGS", "GPU_TUNING_XLA", "compiler_options", "unknown_option",
+    "user_xla_flags",
+]
+
+#: XLA options of ``apply(..., fast_compile=True)`` on CPU: the older CPU kernel emitter.
+FAST_COMPILE_XLA_CPU: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+
+#: XLA options of each ``gpu_tuning`` on a GPU backend (see the module docstring).
+GPU_TUNING_XLA: dict[str, dict[str, Any]] = {
+    "heuristic": {"xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": 0},
+    "tuned": {"xla_gpu_enable_triton_gemm": False, "xla_gpu_experimental_enable_fusion_autotuner": False},
+    "xla": {},
+}
+
+_FLAG = re.compile(r"--?(xla_[A-Za-z0-9_]+)")
+_UNKNOWN = re.compile(r"No such compile option: '?([A-Za-z0-9_]+)'?")
+
+
+def user_xla_flags(flags: str | None = None) -> frozenset[str]:
+    """The option names set in ``flags`` (default: the ``XLA_FLAGS`` environment variable), e.g.
+    ``"--xla_gpu_autotune_level=2 --xla_dump_to=/tmp"`` -> ``{"xla_gpu_autotune_level", "xla_dump_to"}``."""
+    text = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    return frozenset(m.group(1) for m in _FLAG.finditer(text))
+
+
+def compiler_options(
+    backend: str, *, fast_compile: bool = False, gpu_tuning: str = "heuristic", xla_flags: str | None = None
+) -> dict[str, Any]:
+    """The per-program XLA options of a forward compiled for ``backend``.
+
+    Args:
+      backend: ``jax.default_backend()`` of the compile: ``"cpu"``, ``"gpu"`` (also ``"cuda"`` /
+        ``"rocm"``) or ``"tpu"``.
+      fast_compile: ``apply``'s ``fast_compile`` (CPU: :data:`FAST_COMPILE_XLA_CPU`).
+      gpu_tuning: one of :data:`GPU_TUNINGS` (GPU: :data:`GPU_TUNING_XLA`).
+      xla_flags: the ``XLA_FLAGS`` text to respect (default: the environment's); its keys are dropped.
+
+    Returns:
+      A new dict, possibly empty (XLA's defaults).
+
+    Raises:
+      ValueError: ``gpu_tuning`` is not one of :data:`GPU_TUNINGS`.
+    """
+    if gpu_tuning not in GPU_TUNING_XLA:
+        shown = ", ".join(map(repr, GPU_TUNINGS))
+        raise ValueError(f"gpu_tuning must be one of {shown}; got {gpu_tuning!r}.")
+    chosen: dict[str, Any] = {}
+    if backend == "cpu" and fast_compile:
+        chosen.update(FAST_COMPILE_XLA_CPU)
+    if backend in ("gpu", "cuda", "rocm"):
+        chosen.update(GPU_TUNING_XLA[gpu_tuning])
+    user = user_xla_flags(xla_flags)
+    return {key: value for key, value in chosen.items() if key not in user}
+
+
+def unknown_option(err: BaseException, options: Mapping[str, Any]) -> str | None:
+    """One line explaining ``err`` when it is XLA refusing one of ``options`` as unknown, else None."""
+    match = _UNKNOWN.search(str(err))
+    if match is None or match.group(1) not in options:
+        return None
+    import jaxlib
+
+    key = match.group(1)
+    return (
+        f"this XLA (jaxlib {getattr(jaxlib, '__version__', '?')}) has no compiler option {key!r}, which "
+        f"tldr_jax sets for this backend ({key}={options[key]!r}); use gpu_tuning='xla' (XLA's defaults), "
+        "or a jaxlib that knows it."
+    )
