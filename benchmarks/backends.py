@@ -43,11 +43,14 @@ class Context:
     """Weights and inputs shared by the configurations of a group (built once per model)."""
 
     def __init__(
-        self, spec: ModelSpec, batch: int, seed: int = 0, device: str = "cpu", precision: str = "fp32"
+        self, spec: ModelSpec, batch: int, seed: int = 0, device: str = "cpu", precision: str = "fp32",
+        gpu_tuning: str = "heuristic",
     ) -> None:
         import tldr_jax
 
         self.spec = spec
+        #: ``tldr_jax.apply(gpu_tuning=...)``: the XLA options of the programs (GPU only).
+        self.gpu_tuning = gpu_tuning
         self.cfg = spec.config()
         self.batch = batch
         self.torch_device = "cuda" if device == "gpu" else "cpu"
@@ -115,6 +118,7 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
     import tldr_jax
     from benchmarks.xla_flops import xla_flops
     from tldr_jax.compile_cache import cache_events
+    from tldr_jax.xla_options import forward_options
 
     sched = ctx.spec.schedule(label)
     cfg = ctx.cfg
@@ -135,7 +139,9 @@ def prepare_jax(ctx: Context, label: str) -> Prepared:
     video = jax.device_put(ctx.video)
     hits = cache_events()["hits"]
     start = time.perf_counter()
-    compiled = jax.jit(run).lower(tree, video).compile()
+    # apply traced inside this jit: the outer program gets the XLA options apply's own jit would get
+    xla = forward_options(False, ctx.gpu_tuning)
+    compiled = jax.jit(run, compiler_options=xla or None).lower(tree, video).compile()
     compile_s = time.perf_counter() - start
     info: dict[str, Any] = {"compile_cache_hit": cache_events()["hits"] > hits}
     mem = compiled.memory_analysis()
@@ -229,12 +235,14 @@ def _compile_torch(call: Callable[[], Any], compiled: bool) -> Prepared:
 
 
 def run_group(
-    group: Group, spec: ModelSpec, log: Callable[[str], None], device: str = "cpu", precision: str = "fp32"
+    group: Group, spec: ModelSpec, log: Callable[[str], None], device: str = "cpu", precision: str = "fp32",
+    gpu_tuning: str = "heuristic",
 ) -> list[dict[str, Any]]:
-    """Prepare, warm up and time every configuration of a group (round-robin)."""
+    """Prepare, warm up and time every configuration of a group (round-robin); tldr_jax compiles with
+    ``gpu_tuning``'s XLA options."""
     import tldr_jax
 
-    ctx = Context(spec, group.batch, device=device, precision=precision)
+    ctx = Context(spec, group.batch, device=device, precision=precision, gpu_tuning=gpu_tuning)
     torch_cuda = device == "gpu" and group.backend != "jax"
     if torch_cuda:
         import torch

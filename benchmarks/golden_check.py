@@ -1,8 +1,9 @@
 """Golden parity of ``tldr_jax.apply`` per dtype and matrix-product precision, on whatever device JAX uses.
 
-``python -m benchmarks.golden_check [GOLDEN_DIR]`` (default: ``$TLDR_GOLDEN_DIR`` or
-``../shared/golden``, which must hold ``umt_tiny.pth``, ``golden_model.npz`` and
-``golden_model_f64.npz``) runs the official tiny UMT on every golden schedule and prints
+``python -m benchmarks.golden_check [GOLDEN_DIR] [--gpu-tuning heuristic|tuned|xla]`` (default:
+``$TLDR_GOLDEN_DIR`` or ``../shared/golden``, which must hold ``umt_tiny.pth``, ``golden_model.npz`` and
+``golden_model_f64.npz``; ``apply``'s XLA options on a GPU as named) runs the official tiny UMT on every
+golden schedule and prints
 
 * float64: the max abs difference from the official code run in float64 (the parity test: 1e-10);
 * float32 with ``precision="float32"`` (the default) and ``"tensorfloat32"``: the max abs distance to
@@ -97,11 +98,19 @@ def _worst(errors: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the tables; exit 1 if float64 misses 1e-10 or float32 misses the official yardstick."""
+    import argparse
+
     import jax
 
-    args = sys.argv[1:] if argv is None else argv
+    from tldr_jax.options import GPU_TUNINGS
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.golden_check")
+    parser.add_argument("golden_dir", nargs="?", default=None)
+    parser.add_argument("--gpu-tuning", default="heuristic", choices=GPU_TUNINGS)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    tuning = args.gpu_tuning
     default = Path(__file__).resolve().parents[2] / "shared" / "golden"
-    golden_dir = Path(args[0] if args else os.environ.get("TLDR_GOLDEN_DIR") or default)
+    golden_dir = Path(args.golden_dir or os.environ.get("TLDR_GOLDEN_DIR") or default)
     missing = [f for f in ("umt_tiny.pth", "golden_model.npz", "golden_model_f64.npz")
                if not (golden_dir / f).is_file()]
     if missing:
@@ -114,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     with np.load(golden_dir / "golden_model_f64.npz") as data:
         truth = {k: data[k] for k in data.files}
 
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); golden: {golden_dir}")
-    f64 = run_golden(params, truth, np.float64)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); gpu_tuning {tuning}; "
+          f"golden: {golden_dir}")
+    f64 = run_golden(params, truth, np.float64, gpu_tuning=tuning)
     f64_errors = max_abs(f64, truth)
     f64_ok = same_shapes(f64, truth) and max(max(r.values()) for r in f64_errors.values()) <= F64_ATOL
     print(f"float64 vs the official float64: max abs {_worst(f64_errors)} (parity tolerance {F64_ATOL:g}): "
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     f32_ok = False
     for precision in ("float32", "tensorfloat32"):
-        outputs = run_golden(params, truth, precision=precision)
+        outputs = run_golden(params, truth, precision=precision, gpu_tuning=tuning)
         errors = max_abs(outputs, truth)
         shapes_ok = same_shapes(outputs, truth)
         rms = rms_distance(outputs, truth) if shapes_ok else dict.fromkeys(OUTPUTS, float("inf"))

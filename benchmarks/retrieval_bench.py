@@ -148,8 +148,26 @@ def official_inputs(
 
     root.mkdir(parents=True, exist_ok=True)
     save_official(model, root / "model.pth")
-    cfg, tc = model.vision.config, model.text_config
-    bert = {
+    tc = model.text_config
+    (root / "bert_config.json").write_text(json.dumps(official_bert_config(tc)))
+    (root / "vocab.txt").write_text("\n".join(model.vocab.tokens) + "\n")
+    setup = {
+        "vision_encoder": official_vision_config(model.vision.config, r, tc.embed_dim),
+        "embed_dim": tc.embed_dim,
+        "max_txt_l": args.max_length,
+        "k": args.k,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+    }
+    (root / "setup.json").write_text(json.dumps(setup))
+    (root / "texts.json").write_text(json.dumps(texts))
+    (root / "txt2img.json").write_text(json.dumps(gt))
+    np.save(root / "videos.npy", np.ascontiguousarray(videos.transpose(0, 1, 4, 2, 3)))  # (n, T, C, H, W)
+
+
+def official_bert_config(tc: Any) -> dict[str, Any]:
+    """The official ``config_bert.json`` of a :class:`~tldr_jax.text.bert.TextConfig`."""
+    return {
         "architectures": ["BertForMaskedLM"],
         "attention_probs_dropout_prob": 0.1,
         "hidden_act": tc.hidden_act,
@@ -169,10 +187,12 @@ def official_inputs(
         "encoder_width": tc.encoder_width,
         "cross_module": "ca",
     }
-    (root / "bert_config.json").write_text(json.dumps(bert))
-    (root / "vocab.txt").write_text("\n".join(model.vocab.tokens) + "\n")
+
+
+def official_vision_config(cfg: Any, r: Any, embed_dim: int) -> dict[str, Any]:
+    """The official ``model.vision_encoder`` config of an ArchConfig with vid-TLDR schedule ``r``."""
     r_list = list(r) + [0] * (cfg.depth - len(r)) if isinstance(r, tuple) else [r] * cfg.depth
-    vision = dict(
+    return dict(
         name="vit_b16",
         img_size=cfg.img_size,
         patch_size=cfg.patch_size,
@@ -186,7 +206,7 @@ def official_inputs(
         use_checkpoint=False,
         checkpoint_num=0,
         clip_decoder_embed_dim=cfg.embed_dim,
-        clip_output_dim=tc.embed_dim,
+        clip_output_dim=embed_dim,
         clip_return_layer=0,
         clip_student_return_interval=1,
         pretrained=None,
@@ -203,18 +223,6 @@ def official_inputs(
         vidTLDR_use=True,
         vidTLDR_r=r_list,
     )
-    setup = {
-        "vision_encoder": vision,
-        "embed_dim": tc.embed_dim,
-        "max_txt_l": args.max_length,
-        "k": args.k,
-        "batch_size": args.batch_size,
-        "threads": args.threads,
-    }
-    (root / "setup.json").write_text(json.dumps(setup))
-    (root / "texts.json").write_text(json.dumps(texts))
-    (root / "txt2img.json").write_text(json.dumps(gt))
-    np.save(root / "videos.npy", np.ascontiguousarray(videos.transpose(0, 1, 4, 2, 3)))  # (n, T, C, H, W)
 
 
 def run_official(root: Path, args: argparse.Namespace) -> dict:

@@ -56,6 +56,8 @@ __all__ = ["main"]
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    from tldr_jax.options import GPU_TUNINGS
+
     parser.add_argument("--quick", action="store_true", help="tiny models, batch 1, few repeats (< 2 min)")
     parser.add_argument("--models", default=None,
                         help="comma-separated model keys (full: umt_b16,videomae_b; "
@@ -77,6 +79,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "official numerics) or tf32 (tldr_jax.apply(precision='tensorfloat32'), PyTorch "
                         "allow_tf32; ignored on CPU); bf16 (CPU or GPU): tldr_jax.apply(dtype=bfloat16) "
                         "against torch.autocast(bfloat16)")
+    parser.add_argument("--gpu-tuning", default="heuristic", choices=GPU_TUNINGS,
+                        help="tldr_jax.apply(gpu_tuning=...): XLA's GEMM/autotuning settings on a GPU")
     parser.add_argument("--malloc", default="tuned", choices=("tuned", "default"),
                         help="tuned (default): workers keep freed memory (benchmarks.machine.tune_malloc: "
                         "glibc's mmap/trim thresholds at 1 GiB), as a caching allocator would; default: "
@@ -241,7 +245,7 @@ def _isolated(kind: str, args: argparse.Namespace, log: Callable[[str], None], *
     ``--in-process`` runs everything in this process instead (for debugging).
     """
     job = {"kind": kind, "quick": args.quick, "device": args.device, "precision": args.precision,
-           "malloc": args.malloc, **job}
+           "malloc": args.malloc, "gpu_tuning": args.gpu_tuning, **job}
     if args.in_process:
         return _work(job, log)
     env = {} if args.omp_wait_policy == "unset" else {"OMP_WAIT_POLICY": args.omp_wait_policy}
@@ -258,7 +262,8 @@ def _work(job: dict[str, Any], log: Callable[[str], None]) -> Any:
     models = quick_models() if job["quick"] else full_models()
     if job["kind"] == "group":
         group = Group(**{**job["group"], "labels": tuple(job["group"]["labels"])})
-        return run_group(group, models[group.model], log, device=device, precision=precision)
+        return run_group(group, models[group.model], log, device=device, precision=precision,
+                         gpu_tuning=job.get("gpu_tuning", "heuristic"))
     spec = models[job["model"]]
     return profile_blocks(spec, spec.main, job["repeats"], log)
 

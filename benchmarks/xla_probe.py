@@ -1,16 +1,20 @@
-"""Which XLA flags make tldr_jax fast on this machine? Probe, compare, pick.
+"""Which XLA settings make tldr_jax fast on this machine? Probe, compare, pick.
 
-``python -m benchmarks.xla_probe --device gpu --out DIR`` runs, for each named flag set, one fresh
-process (``XLA_FLAGS`` is read once, when the backend starts) that times
+``python -m benchmarks.xla_probe --device gpu --out DIR`` runs, for each named set (a
+``tldr_jax.apply(gpu_tuning=...)`` setting and ``XLA_FLAGS``), one fresh process (``XLA_FLAGS`` is read
+once, when the backend starts) that times
 
 * the float32 matrix products of UMT-B/16 at batch 1 (``precision=HIGHEST``), as TFLOP/s, and
-* ``tldr_jax.apply`` on UMT-B/16 at batch 1, unmerged and (for some sets) with the MSRVTT schedule,
-  with its compile time,
+* ``tldr_jax.apply`` on UMT-B/16 at batch 1, unmerged and (for most sets) with the MSRVTT schedule,
+  with its compile time, XLA's peak memory of each program and the persistent-cache hits,
 
-then times the same matrix products in PyTorch (float32, TF32 off) as the reference, writes
-``DIR/xla_probe.{json,md}``, prints the table, and prints ``XLA_FLAGS=<flags>`` of the fastest set whose
-programs compile quickly as its last line (``cublas`` if none finished; ``benchmarks/device_check.sh``
-benchmarks with it).
+then times the same matrix products in PyTorch (float32, TF32 off) as the reference, and optionally
+(``--torch eager,compile``) the PyTorch reference model eager and under ``torch.compile``. Every process
+shares one fresh compile cache (``--cache``); ``--again tuned`` reruns a set in a new process on it, where
+the programs (and cuBLAS autotuning results) should come from the cache. Writes
+``DIR/xla_probe.{json,md}``, prints the table, then ``GPU_TUNING=<setting>`` and, as its last line,
+``XLA_FLAGS=<flags>`` of the fastest set whose programs compile quickly (``heuristic`` if none
+finished; ``benchmarks/device_check.sh`` checks the golden parity with it).
 
 Why: with ``--xla_gpu_autotune_level=0`` (which keeps the compile time of many merging programs
 short) tldr_jax ran far below PyTorch's GEMM speed on a GPU, already without merging (the README's GPU
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,17 +43,27 @@ from benchmarks.plan import Group, full_models, quick_models
 from benchmarks.report import RESULTS_DIR
 from benchmarks.timing import median_time
 from benchmarks.worker import WorkerError, add_worker_args, run_worker, serve
+from tldr_jax.compile_cache import ENV
 
 # name -> (XLA_FLAGS, matmul precision, schedules, eligible for the headline benchmark: float32 products and
-# programs that compile quickly enough for all its schedules)
-FLAG_SETS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
-    "notune": ("--xla_gpu_autotune_level=0", "fp32", ("r0",), True),
-    "cublas": ("--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false", "fp32", ("r0", "main"), True),
-    "cublas_tf32": ("--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false", "tf32", ("r0",), False),
-    "default": ("", "fp32", ("r0",), False),
+# programs that compile quickly enough for all its schedules, tldr_jax.apply(gpu_tuning=...)). The first
+# three are apply's settings (tldr_jax.xla_options); the others set XLA_FLAGS under gpu_tuning="xla".
+FLAG_SETS: dict[str, tuple[str, str, tuple[str, ...], bool, str]] = {
+    "heuristic": ("", "fp32", ("r0", "main"), True, "heuristic"),
+    "tuned": ("", "fp32", ("r0", "main"), True, "tuned"),
+    "fusion_off": ("--xla_gpu_experimental_enable_fusion_autotuner=false", "fp32", ("r0", "main"), True,
+                   "xla"),
+    "notune": ("--xla_gpu_autotune_level=0", "fp32", ("r0",), True, "xla"),
+    "cublas": ("--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false", "fp32", ("r0", "main"), True,
+               "xla"),
+    "cublas_tf32": ("--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false", "tf32", ("r0",), False,
+                    "xla"),
+    "default": ("", "fp32", ("r0",), False, "xla"),
 }
-DEFAULT_SETS = ("notune", "cublas", "default")
-FALLBACK_SET = "cublas"  # printed when no eligible set finished (device_check.sh falls back to it too)
+DEFAULT_SETS = ("heuristic", "tuned", "fusion_off")
+FALLBACK_SET = "heuristic"  # printed when no eligible set finished (device_check.sh falls back to it too)
+#: PyTorch rows of ``--torch``: name -> the benchmark backend of the reference model.
+TORCH_ROWS = {"eager": "torch_ref", "compile": "torch_ref_compile"}
 
 
 def gemm_shapes(quick: bool) -> list[tuple[str, tuple[int, ...]]]:
@@ -109,22 +124,34 @@ def time_torch_gemms(quick: bool, repeats: int, device: str) -> list[dict[str, A
 
 
 def probe_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """One flag set, in the process whose ``XLA_FLAGS`` it names: GEMMs, then ``apply`` on UMT-B."""
+    """One set, in the process whose ``XLA_FLAGS`` it names: GEMMs, then ``apply`` on UMT-B with its
+    ``gpu_tuning`` (or, with ``job["backend"]``, the PyTorch reference model instead)."""
     import jax
 
-    configure_device(job["device"], job["precision"], use_torch=False)
+    from tldr_jax.compile_cache import cache_events
+
+    backend = job.get("backend", "jax")
+    configure_device(job["device"], job["precision"], use_torch=backend != "jax")
     quick = job["quick"]
     spec = (quick_models() if quick else full_models())["umt_tiny" if quick else "umt_b16"]
     labels = tuple(spec.main if s == "main" else s for s in job["schedules"])
-    gemms = time_jax_gemms(quick, job["repeats"], job["precision"])
-    group = Group(model=spec.key, backend="jax", batch=1, labels=labels, repeats=job["repeats"], warmup=3)
+    gemms = time_jax_gemms(quick, job["repeats"], job["precision"]) if backend == "jax" else []
+    group = Group(model=spec.key, backend=backend, batch=1, labels=labels, repeats=job["repeats"], warmup=3)
+    before = cache_events()
     rows = run_group(group, spec, lambda msg: print(msg, flush=True), device=job["device"],
-                     precision=job["precision"])
+                     precision=job["precision"], gpu_tuning=job.get("gpu_tuning", "heuristic"))
+    after = cache_events()
     keep = ("schedule", "latency_s", "latency_min_s", "latency_max_s", "compile_s", "gflops_per_clip",
-            "error")
-    return {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "gemms": gemms,
-            "apply": [{k: row[k] for k in keep if k in row} for row in rows]}
+            "xla_peak_mb", "compile_cache_hit", "error")
+    stats = jax.devices()[0].memory_stats() or {}
+    result = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+              "jax": jax.__version__, "gemms": gemms,
+              "apply": [{k: row[k] for k in keep if k in row} for row in rows]}
+    if backend == "jax":
+        result.update(cache_hits=after["hits"] - before["hits"],
+                      cache_misses=after["misses"] - before["misses"],
+                      peak_device_mb=stats.get("peak_bytes_in_use", 0) / 2**20 or None)
+    return result
 
 
 def pick_best(results: dict[str, dict[str, Any]], eligible: dict[str, bool]) -> str | None:
@@ -156,10 +183,13 @@ def markdown(report: dict[str, Any]) -> str:
              "float32 matrix products of one of its blocks in TFLOP/s. Best flag set (float32, quick to "
              f"compile, lowest unmerged latency): **{report['best'] or 'none'}**.", "",
              "| flag set | XLA_FLAGS | precision | r0 ms | r0 compile s | merged ms | merged compile s | "
-             + " | ".join(n for n, _ in report["gemm_shapes"]) + " |",
-             "|---|---|---|---:|---:|---:|---:|" + "---:|" * len(report["gemm_shapes"])]
+             + " | ".join(n for n, _ in report["gemm_shapes"])
+             + " | gpu_tuning | cache hits / misses | XLA peak MB (r0 / merged) | device peak MB |",
+             "|---|---|---|---:|---:|---:|---:|" + "---:|" * len(report["gemm_shapes"])
+             + "---|---:|---:|---:|"]
     for name, res in report["results"].items():
-        flags, precision = sets[name]["flags"] or "(none)", sets[name]["precision"]
+        base = sets.get(name) or sets[name.split(" ")[0]]  # "tuned (again)" is the "tuned" set
+        flags, precision = base["flags"] or "(none)", base["precision"]
         if "error" in res:
             lines.append(f"| {name} | `{flags}` | {precision} | {res['error']} |")
             continue
@@ -167,7 +197,11 @@ def markdown(report: dict[str, Any]) -> str:
         r0 = by.get("r0", {})
         merged = next((row for label, row in by.items() if label != "r0"), {})
         cells = [_ms(r0), _s(r0), _ms(merged), _s(merged)]
-        cells += [f"{g['tflops']:.1f}" for g in res["gemms"]]
+        cells += [f"{g['tflops']:.1f}" for g in res["gemms"]] or ["–"] * len(report["gemm_shapes"])
+        peak = res.get("peak_device_mb")
+        hits = f"{res.get('cache_hits', '–')} / {res.get('cache_misses', '–')}"
+        cells += [base.get("gpu_tuning", "–"), hits, f"{_mb(r0)} / {_mb(merged)}"]
+        cells.append(f"{peak:.0f}" if peak else "–")
         lines.append(f"| {name} | `{flags}` | {precision} | " + " | ".join(cells) + " |")
     if report.get("torch_gemms"):
         cells = [f"{g['tflops']:.1f}" for g in report["torch_gemms"]]
@@ -183,6 +217,10 @@ def _s(row: dict[str, Any]) -> str:
     return f"{row['compile_s']:.1f}" if row.get("compile_s") is not None else "–"
 
 
+def _mb(row: dict[str, Any]) -> str:
+    return f"{row['xla_peak_mb']:.0f}" if row.get("xla_peak_mb") is not None else "–"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="gpu", choices=("cpu", "gpu"))
@@ -190,41 +228,78 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"comma-separated flag sets, from {sorted(FLAG_SETS)}")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and model (smoke test)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
-    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per flag set")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per flag set")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for all the processes together: each is capped at what is left")
+    parser.add_argument("--again", default="", help="comma-separated sets to run once more in a fresh "
+                        "process on the same compile cache (programs expected from the cache)")
+    parser.add_argument("--torch", default="", help=f"PyTorch reference rows, from {sorted(TORCH_ROWS)}")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="compile cache folder shared by the processes (default: a fresh temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     add_worker_args(parser)
     return parser.parse_args(argv)
 
 
+def _probe(name: str, job: dict[str, Any], flags: str, cache: Path, timeout: float) -> dict:
+    """One probe worker in a fresh process, capped at ``timeout`` s; ``{"error": ...}`` on failure."""
+    if timeout < 15:
+        return {"error": "skipped: the probe's --budget was spent"}
+    env = {"XLA_FLAGS": flags, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", ENV: str(cache)}
+    print(f"== {name}: XLA_FLAGS='{flags}', {job}", flush=True)
+    try:
+        return run_worker("benchmarks.xla_probe", job, env=env, timeout=timeout)
+    except WorkerError as err:
+        return {"error": f"probe failed (exit {err.returncode})"}
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s"}
+
+
+def _names(text: str, allowed: Any, what: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise SystemExit(f"unknown {what}(s) {unknown}; choose from {sorted(allowed)}")
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Probe every flag set in a fresh process; write ``xla_probe.{json,md}``; print the best flags."""
+    """Probe every set in a fresh process; write ``xla_probe.{json,md}``; print the best setting."""
     args = parse_args(argv)
     if serve(args, probe_worker):
         return {"worker": True}
-    names = [s.strip() for s in args.sets.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(FLAG_SETS))
-    if unknown:
-        raise SystemExit(f"unknown flag set(s) {unknown}; choose from {sorted(FLAG_SETS)}")
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        flags, precision, schedules, _ = FLAG_SETS[name]
-        print(f"== {name}: XLA_FLAGS='{flags}', precision {precision}", flush=True)
-        job = {"device": args.device, "precision": precision, "quick": args.quick,
-               "schedules": list(schedules), "repeats": args.repeats}
-        env = {"XLA_FLAGS": flags, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-        try:
-            results[name] = run_worker("benchmarks.xla_probe", job, env=env, timeout=args.timeout)
-        except WorkerError as err:
-            results[name] = {"error": f"probe failed (exit {err.returncode})"}
-        except subprocess.TimeoutExpired:
-            results[name] = {"error": f"did not finish in {args.timeout:.0f} s"}
+    names = _names(args.sets, FLAG_SETS, "flag set")
+    again = _names(args.again, FLAG_SETS, "flag set")
+    torch_rows = _names(args.torch, TORCH_ROWS, "PyTorch row")
+    start = time.perf_counter()
+
+    def cap() -> float:
+        left = float("inf") if args.budget is None else args.budget - (time.perf_counter() - start)
+        return min(args.timeout, left)
+
+    with tempfile.TemporaryDirectory(prefix="tldr_probe_cache_") as tmp:
+        cache = args.cache or Path(tmp)
+        results: dict[str, dict[str, Any]] = {}
+        for name in names + [f"{n} (again)" for n in again]:
+            flags, precision, schedules, _, tuning = FLAG_SETS[name.split(" ")[0]]
+            job = {"device": args.device, "precision": precision, "quick": args.quick,
+                   "schedules": list(schedules), "repeats": args.repeats, "gpu_tuning": tuning}
+            results[name] = _probe(name, job, flags, cache, cap())
+        for row in torch_rows:
+            job = {"device": args.device, "precision": "fp32", "quick": args.quick,
+                   "schedules": ["r0", "main"], "repeats": args.repeats, "backend": TORCH_ROWS[row]}
+            results[f"torch_{row}"] = _probe(f"torch_{row}", job, "", cache, cap())
     best = pick_best(results, {name: FLAG_SETS[name][3] for name in names})
     done = [r for r in results.values() if "device_kind" in r]
     device_kind = f"{done[0]['device_kind']}, jax {done[0]['jax']}" if done else args.device
+    sets = {n: {"flags": FLAG_SETS[n][0], "precision": FLAG_SETS[n][1], "gpu_tuning": FLAG_SETS[n][4]}
+            for n in dict.fromkeys(names + again)}
+    for r in torch_rows:
+        sets[f"torch_{r}"] = {"flags": "", "precision": "fp32", "gpu_tuning": f"PyTorch {r}"}
     report = {
         "machine": device_kind,
         "model": "UMT-B/16 (12 x 224^2)" if not args.quick else "tiny UMT stand-in (8 x 112^2, width 192)",
-        "sets": {n: {"flags": FLAG_SETS[n][0], "precision": FLAG_SETS[n][1]} for n in names},
+        "sets": sets,
         "gemm_shapes": gemm_shapes(args.quick),
         "results": results,
         "torch_gemms": time_torch_gemms(args.quick, args.repeats, args.device),
@@ -236,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = markdown(report)
     (args.out / "xla_probe.md").write_text(text)
     print(text, flush=True)
-    print(f"XLA_FLAGS={FLAG_SETS[best or FALLBACK_SET][0]}", flush=True)
+    winner = FLAG_SETS[best or FALLBACK_SET]
+    print(f"GPU_TUNING={winner[4]}", flush=True)
+    print(f"XLA_FLAGS={winner[0]}", flush=True)
     return report
 
 

@@ -1,7 +1,8 @@
 """``python -m checkpoints_convert SRC OUT``: convert a checkpoint, print one summary line.
 
 Exit status: 0 on success, 1 when the conversion fails (the message, no traceback, on stderr),
-2 for bad command-line usage (one line; every option is checked before the source is read),
+2 for bad command-line usage (one line; every option is checked before the source is read, OUT
+included: an existing file, a missing or unwritable folder),
 130 when interrupted. Nothing is left at OUT after a failure.
 """
 
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the converter; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from tldr_jax.files import check_output
+
+    try:  # before the source is read: a directory OUT is created in an existing, writable folder
+        check_output(args.out, "OUT", directory=True)
+    except OSError as e:
+        print(f"python -m checkpoints_convert: error: {e}", file=sys.stderr)
+        return 2
     from checkpoints_convert.dispatch import convert_detailed  # heavy imports after argument parsing
     from tldr_jax.checkpoint import CheckpointError
 
@@ -114,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         # ValueError: e.g. sizes the architecture rejects (--num-heads not dividing the width).
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C; under tldr-jax also SIGTERM (e.signum 15: status 143)
         print("interrupted; nothing was written.", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     print(conv.summary())
     return 0

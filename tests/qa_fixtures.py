@@ -45,8 +45,15 @@ def qa_model_dir(tmp_path_factory):
     from checkpoints_convert import convert
 
     out = tmp_path_factory.mktemp("qa") / "umt_tiny_qa"
-    convert(GOLD / "umt_qa.pth", out, fmt="umt_qa", vocab=GOLD / "vocab.txt",
-            text_config=GOLD / "qa_config.json", verbose=False, **SIZES)
+    convert(
+        GOLD / "umt_qa.pth",
+        out,
+        fmt="umt_qa",
+        vocab=GOLD / "vocab.txt",
+        text_config=GOLD / "qa_config.json",
+        verbose=False,
+        **SIZES,
+    )
     return out
 
 

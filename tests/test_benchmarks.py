@@ -174,13 +174,39 @@ def test_xla_probe_report_has_a_row_per_set_and_the_pytorch_reference():
     assert "| PyTorch `bmm` |" in text and "40.0" in text
 
 
+def test_xla_probe_sets_are_apply_settings_and_report_the_cache():
+    """The default sets are apply's gpu_tuning settings (plus XLA's defaults with the fusion autotuner
+    off); a set run again and the PyTorch rows get their own rows, with cache hits and peak memory."""
+    from benchmarks.xla_probe import DEFAULT_SETS, FLAG_SETS, gemm_shapes, markdown
+
+    assert DEFAULT_SETS == ("heuristic", "tuned", "fusion_off")
+    assert [FLAG_SETS[n][4] for n in DEFAULT_SETS] == ["heuristic", "tuned", "xla"]
+    assert FLAG_SETS["heuristic"][0] == FLAG_SETS["tuned"][0] == ""  # per-program options, no XLA_FLAGS
+    again = dict(_probe_result(20.0, 12.0), cache_hits=2, cache_misses=0, peak_device_mb=1234.0)
+    again["apply"][0]["xla_peak_mb"] = 400.0
+    torch_row = {"apply": [{"schedule": "r0", "latency_s": 0.021}], "gemms": [], "device_kind": "NVIDIA H200"}
+    report = {"machine": "NVIDIA H200", "model": "UMT-B/16", "gemm_shapes": gemm_shapes(quick=False),
+              "best": "tuned",
+              "sets": {"tuned": {"flags": "", "precision": "fp32", "gpu_tuning": "tuned"},
+                       "torch_eager": {"flags": "", "precision": "fp32", "gpu_tuning": "PyTorch eager"}},
+              "results": {"tuned": _probe_result(20.0, 12.0), "tuned (again)": again,
+                          "torch_eager": torch_row}}
+    text = markdown(report)
+    assert "| tuned (again) | `(none)` | fp32 | 20.0 | 2.0 | 12.0 | 9.0 |" in text
+    assert "| tuned | 2 / 0 | 400 / – | 1234 |" in text
+    assert "| torch_eager | `(none)` | fp32 | 21.0 |" in text and "PyTorch eager" in text
+
+
 def test_xla_probe_rejects_an_unknown_flag_set():
     from benchmarks.xla_probe import main
 
     with pytest.raises(SystemExit, match="unknown flag set.*'fast'.*choose from"):
         main(["--device", "cpu", "--sets", "cublas,fast"])
+    with pytest.raises(SystemExit, match="unknown PyTorch row.*'jit'"):
+        main(["--device", "cpu", "--torch", "eager,jit"])
 
 
+@pytest.mark.slow  # over 30 s on two busy cores (compiles in child processes)
 def test_xla_probe_runs_end_to_end_on_cpu(tmp_path, capsys):
     from benchmarks.xla_probe import FLAG_SETS, main
 

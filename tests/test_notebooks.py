@@ -20,7 +20,7 @@ CELL_TIMEOUT_S = 240
 def test_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
     for want in ("01_quickstart.ipynb", "02_visualize.ipynb", "03_benchmark.ipynb", "04_convert_umt.ipynb",
-                 "06_retrieval.ipynb", "07_search.ipynb"):
+                 "06_retrieval.ipynb", "07_search.ipynb", "08_qa.ipynb"):
         assert want in names
 
 

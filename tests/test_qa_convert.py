@@ -69,14 +69,23 @@ def test_the_golden_checkpoint_round_trips_through_the_official_layout(official)
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda sd: sd.__setitem__("text_decoder.cls.predictions.decoder.weight",
-                                   sd["text_decoder.cls.predictions.decoder.weight"] + 1.0), "ties them"),
-        (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("text_decoder.bert.encoder.layer.1.")],
-         "Missing answer decoder weights"),
+        (
+            lambda sd: sd.__setitem__(
+                "text_decoder.cls.predictions.decoder.weight",
+                sd["text_decoder.cls.predictions.decoder.weight"] + 1.0,
+            ),
+            "ties them",
+        ),
+        (
+            lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("text_decoder.bert.encoder.layer.1.")],
+            "Missing answer decoder weights",
+        ),
         (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("text_decoder.")], "no answer decoder"),
         (lambda sd: sd.__setitem__("vision_proj.weight", np.zeros((32, 64), np.float32)), "vision_proj"),
-        (lambda sd: sd.__setitem__("text_decoder.bert.embeddings.position_ids", np.arange(32)[None] + 1),
-         "not 0, 1, 2"),
+        (
+            lambda sd: sd.__setitem__("text_decoder.bert.embeddings.position_ids", np.arange(32)[None] + 1),
+            "not 0, 1, 2",
+        ),
     ],
     ids=["untied-projection", "decoder-layer-missing", "no-decoder", "retrieval-head", "position-ids"],
 )
@@ -134,8 +143,16 @@ def test_command_line_reads_the_vision_sizes_from_the_stored_training_config(
     released, qa_model, tmp_path, capsys
 ):
     out = tmp_path / "qa"
-    base = [str(released), str(out), "--format", "umt_qa", "--vocab", str(GOLD / "vocab.txt"),
-            "--text-config", str(GOLD / "qa_config.json")]
+    base = [
+        str(released),
+        str(out),
+        "--format",
+        "umt_qa",
+        "--vocab",
+        str(GOLD / "vocab.txt"),
+        "--text-config",
+        str(GOLD / "qa_config.json"),
+    ]
     assert convert_main(base) == 0
     printed = capsys.readouterr().out
     assert "umt_qa" in printed and "num_heads = 2 read from the stored training config" in printed
@@ -153,10 +170,27 @@ def test_command_line_reads_the_vision_sizes_from_the_stored_training_config(
 
 
 def test_directory_round_trip_and_damage_detection(tmp_path):
-    tc = TextConfig(vocab_size=40, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=48,
-                             max_position_embeddings=16, fusion_layer=1, encoder_width=32)
-    model = qa.init(0, "umt_b16", text_config=tc, depth=2, embed_dim=32, num_heads=2, mlp_dim=64,
-                    num_frames=2, img_size=32)
+    tc = TextConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_layers=3,
+        num_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=16,
+        fusion_layer=1,
+        encoder_width=32,
+    )
+    model = qa.init(
+        0,
+        "umt_b16",
+        text_config=tc,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        mlp_dim=64,
+        num_frames=2,
+        img_size=32,
+    )
     path = qa.save(model, tmp_path / "m", metadata={"note": "test"})
     loaded = tldr_jax.load(path)
     assert isinstance(loaded, qa.QAModel) and leaves_equal(loaded, model) and loaded.vocab == model.vocab

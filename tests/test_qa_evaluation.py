@@ -25,15 +25,26 @@ def official_path(model, gold, clips, r, k, answers):
 
 
 @pytest.mark.parametrize("batch_size, video_batch_size", [(1, 1), (4, 2), (9, 3)])
-def test_each_video_encoded_once_gives_the_per_question_results(qa_model, qa_gold, batch_size, video_batch_size):
+def test_each_video_encoded_once_gives_the_per_question_results(
+    qa_model, qa_gold, batch_size, video_batch_size
+):
     answers = list(qa_gold["answers"])
     with jax.enable_x64(True):
         model = qa_model.astype(jnp.float64)
         clips = video(qa_gold, np.float64)
         ids, probs = official_path(model, qa_gold, clips, schedule(qa_gold, "ints"), 6, answers)
-        res = qa.evaluate(model, clips, list(qa_gold["questions"]), answers, question_video=qa_gold["question_video"],
-                          k=6, r=schedule(qa_gold, "ints"), max_question_length=12, batch_size=batch_size,
-                          video_batch_size=video_batch_size)
+        res = qa.evaluate(
+            model,
+            clips,
+            list(qa_gold["questions"]),
+            answers,
+            question_video=qa_gold["question_video"],
+            k=6,
+            r=schedule(qa_gold, "ints"),
+            max_question_length=12,
+            batch_size=batch_size,
+            video_batch_size=video_batch_size,
+        )
     np.testing.assert_array_equal(res.topk_ids, ids)
     np.testing.assert_allclose(res.topk_probs, probs, rtol=0, atol=1e-13)
     assert res.accuracy is None and res.predictions == [answers[i] for i in np.asarray(ids)[:, 0]]
@@ -84,9 +95,17 @@ def test_one_optax_step_on_the_official_loss_lowers_it_with_merging_on(qa_model,
 
     @jax.jit
     def loss_fn(model):
-        return qa.train_loss(model, clips, jnp.asarray(qa_gold["question_ids"]),
-                             jnp.asarray(qa_gold["question_mask"]), jnp.asarray(a_ids), jnp.asarray(a_mask),
-                             answers_per_question=per_question, weights=jnp.asarray(weights), r=r)
+        return qa.train_loss(
+            model,
+            clips,
+            jnp.asarray(qa_gold["question_ids"]),
+            jnp.asarray(qa_gold["question_mask"]),
+            jnp.asarray(a_ids),
+            jnp.asarray(a_mask),
+            answers_per_question=per_question,
+            weights=jnp.asarray(weights),
+            r=r,
+        )
 
     opt = optax.adamw(1e-3)
     state = opt.init(qa_model)
@@ -96,7 +115,10 @@ def test_one_optax_step_on_the_official_loss_lowers_it_with_merging_on(qa_model,
     stepped = optax.apply_updates(qa_model, updates)
     assert isinstance(stepped, qa.QAModel) and float(loss_fn(stepped)) < float(loss) - 0.1
     for part in ("vision", "question", "decoder"):  # every part is trained
-        before, after = jax.tree_util.tree_leaves(getattr(qa_model, part)), jax.tree_util.tree_leaves(getattr(stepped, part))
+        before, after = (
+            jax.tree_util.tree_leaves(getattr(qa_model, part)),
+            jax.tree_util.tree_leaves(getattr(stepped, part)),
+        )
         assert any(not np.array_equal(a, b) for a, b in zip(before, after)), part
 
 
@@ -108,25 +130,39 @@ def test_bad_inputs_are_refused_with_the_fix(qa_model, qa_gold):
     with pytest.raises(ValueError, match=r"lie in \[0, 3\)"):
         qa.evaluate(qa_model, clips, questions, answers, question_video=qa_gold["question_video"] + 1)
     with pytest.raises(ValueError, match="9 questions but 2 ground-truth"):
-        qa.evaluate(qa_model, clips, questions, answers, question_video=qa_gold["question_video"], gt=["a", "b"])
+        qa.evaluate(
+            qa_model, clips, questions, answers, question_video=qa_gold["question_video"], gt=["a", "b"]
+        )
     with pytest.raises(TypeError, match="questions must be strings"):
         qa.tokenize_questions(qa_model, ["ok", 3])
     with pytest.raises(ValueError, match="pass question_video"):
         qa.encode_question(qa_model, qa_gold["question_ids"], qa_gold["question_mask"], np.zeros((3, 4, 64)))
     with pytest.raises(ValueError, match="answers_per_question sums to 3"):
         ids, mask = qa.tokenize_answers(qa_model, ["a", "b"])
-        qa.train_loss(qa_model, clips[:2], qa_gold["question_ids"][:2], qa_gold["question_mask"][:2], ids, mask,
-                      answers_per_question=[1, 2], weights=np.ones(2))
+        qa.train_loss(
+            qa_model,
+            clips[:2],
+            qa_gold["question_ids"][:2],
+            qa_gold["question_mask"][:2],
+            ids,
+            mask,
+            answers_per_question=[1, 2],
+            weights=np.ones(2),
+        )
     with pytest.raises(TypeError, match="QAModel"):
         qa.rank_answers(qa_model.vision, None, None, None, None, 1)
 
 
 def test_annotation_files_answer_lists_and_presets(tmp_path):
-    (tmp_path / "qa.json").write_text(json.dumps([
-        {"video": "v1.mp4", "question": "what is it?", "answer": "dog", "question_id": 7},
-        {"video": "v2.mp4", "question": "who?", "answer": "man"},
-        {"video": "v1.mp4", "question": "how many?", "answer": "two", "question_id": 9},
-    ]))
+    (tmp_path / "qa.json").write_text(
+        json.dumps(
+            [
+                {"video": "v1.mp4", "question": "what is it?", "answer": "dog", "question_id": 7},
+                {"video": "v2.mp4", "question": "who?", "answer": "man"},
+                {"video": "v1.mp4", "question": "how many?", "answer": "two", "question_id": 9},
+            ]
+        )
+    )
     ann = qa.load_qa_annotations(tmp_path / "qa.json", video_root="/data")
     assert ann.videos == ["/data/v1.mp4", "/data/v2.mp4"] and ann.question_video.tolist() == [0, 1, 0]
     assert ann.answers == ["dog", "man", "two"] and ann.question_ids == [7, 1, 9]
@@ -142,7 +178,12 @@ def test_annotation_files_answer_lists_and_presets(tmp_path):
         qa.load_answer_list(tmp_path / "nope.json")
     msrvtt = qa.get_preset("msrvtt-qa")
     assert (msrvtt.k_test, msrvtt.max_q_len, msrvtt.max_a_len, msrvtt.num_frames, msrvtt.r) == (
-        128, 25, 5, 12, "msrvtt_qa")
+        128,
+        25,
+        5,
+        12,
+        "msrvtt_qa",
+    )
     assert qa.get_preset("anet_qa").r is None and qa.get_preset("msrvtt_mc").task == "mc"
     with pytest.raises(ValueError, match="Did you mean msvd_qa"):
         qa.get_preset("msvd_qaa")

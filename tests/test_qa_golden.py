@@ -75,9 +75,17 @@ def test_evaluation_predictions_and_accuracy_match_the_official_evaluation(qa_mo
         for name in SCHEDULES:
             for k in qa_gold["qa_k"]:
                 res = qa.evaluate(
-                    model, video(qa_gold, dtype), list(qa_gold["questions"]), list(qa_gold["answers"]),
-                    question_video=qa_gold["question_video"], gt=list(qa_gold["question_gt"]), k=int(k),
-                    r=schedule(qa_gold, name), max_question_length=12, batch_size=4, video_batch_size=2,
+                    model,
+                    video(qa_gold, dtype),
+                    list(qa_gold["questions"]),
+                    list(qa_gold["answers"]),
+                    question_video=qa_gold["question_video"],
+                    gt=list(qa_gold["question_gt"]),
+                    k=int(k),
+                    r=schedule(qa_gold, name),
+                    max_question_length=12,
+                    batch_size=4,
+                    video_batch_size=2,
                 )
                 pre = f"qa/{name}/k{k}"
                 assert res.predictions == [str(a) for a in qa_gold[f"{pre}/pred_answers{suffix}"]], pre
@@ -95,8 +103,15 @@ def test_float64_training_loss_and_gradients_match_pytorch_autograd(qa_model, qa
 
         def loss_fn(m):
             return qa.train_loss(
-                m, clips, qa_gold["question_ids"], qa_gold["question_mask"], a_ids, a_mask,
-                answers_per_question=per_question, weights=weights, r=schedule(qa_gold, name),
+                m,
+                clips,
+                qa_gold["question_ids"],
+                qa_gold["question_mask"],
+                a_ids,
+                a_mask,
+                answers_per_question=per_question,
+                weights=weights,
+                r=schedule(qa_gold, name),
             )
 
         loss, grads = jax.value_and_grad(loss_fn)(model)

@@ -39,6 +39,7 @@ def test_reindexing_encodes_only_added_and_changed_files(model_dir, tmp_path):
     np.save(paths[1], rng.standard_normal((4, 32, 32, 3)).astype(np.float32))  # changed
     np.save(folder / "new.npy", rng.standard_normal((4, 32, 32, 3)).astype(np.float32))  # added
     paths[2].unlink()  # removed
+    first.close()  # an open index keeps its generation on disk (tests/test_search_concurrency.py)
     second = build_index(model_dir, folder, tmp_path / "idx", r=R_SPEC, batch_size=2, progress=False)
     assert sorted(second.build.computed) == ["clip1.npy", "new.npy"]
     assert sorted(second.build.reused) == ["clip0.npy", "clip3.npy"]

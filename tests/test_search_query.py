@@ -52,7 +52,7 @@ def test_bad_search_arguments(index, model_dir, clips, tmp_path):
         search(index, "w1", rerank=0)
     with pytest.raises(ValueError, match="exceeds rerank"):
         search(index, "w1", k=5, rerank=2)
-    with pytest.raises(ValueError, match="non-empty text"):
+    with pytest.raises(ValueError, match="is empty after the official caption cleaning"):
         search(index, "  ")
     with pytest.raises(FileNotFoundError, match="no index at"):
         search(tmp_path / "missing", "w1")

@@ -21,8 +21,17 @@ from tldr_jax.text.decoder import (
     module_shapes,
 )
 
-TEXT = TextConfig(vocab_size=37, hidden_size=16, num_layers=5, num_heads=2, intermediate_size=24,
-                  max_position_embeddings=12, fusion_layer=3, encoder_width=16, embed_dim=8)
+TEXT = TextConfig(
+    vocab_size=37,
+    hidden_size=16,
+    num_layers=5,
+    num_heads=2,
+    intermediate_size=24,
+    max_position_embeddings=12,
+    fusion_layer=3,
+    encoder_width=16,
+    embed_dim=8,
+)
 
 
 def test_decoder_config_mirrors_the_official_builder():
@@ -100,8 +109,12 @@ def test_shared_question_keys_values_equal_repeated_question_states(decoder64):
         shared = [(k[:, None], v[:, None]) for k, v in dec.cross_keys_values(states)]
         out = dec.hidden(cand, cmask, shared, bias[:, None])
         tiled = jnp.repeat(states, 2, axis=0)
-        flat = dec.hidden(cand.reshape(4, -1), cmask.reshape(4, -1), dec.cross_keys_values(tiled),
-                          jnp.repeat(bias, 2, axis=0))
+        flat = dec.hidden(
+            cand.reshape(4, -1),
+            cmask.reshape(4, -1),
+            dec.cross_keys_values(tiled),
+            jnp.repeat(bias, 2, axis=0),
+        )
         np.testing.assert_allclose(out.reshape(4, 6, 16), flat, rtol=0, atol=1e-13)
 
 
@@ -118,8 +131,9 @@ def test_chunked_logsumexp_equals_the_full_one_in_value_and_gradient(chunk):
             return jnp.sum(chunked_logsumexp(f, t, b, chunk) * jnp.arange(1.0, 7.0).reshape(3, 2))
 
         np.testing.assert_allclose(chunked(feats, table, bias), full(feats, table, bias), rtol=1e-14)
-        for got, want in zip(jax.grad(chunked, (0, 1, 2))(feats, table, bias),
-                             jax.grad(full, (0, 1, 2))(feats, table, bias)):
+        for got, want in zip(
+            jax.grad(chunked, (0, 1, 2))(feats, table, bias), jax.grad(full, (0, 1, 2))(feats, table, bias)
+        ):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
 
 

@@ -28,7 +28,7 @@ from tldr_jax.options import (
     check_dtype,
 )
 from tldr_jax.schedule import RSpec, Schedule, schedule_for
-from tldr_jax.xla_options import compiler_options, unknown_option
+from tldr_jax.xla_options import explain_unknown_options, forward_options
 
 Array = jax.Array
 # The option lists live in tldr_jax.options; these names stay importable from here.
@@ -384,11 +384,8 @@ def apply(
         gpu_tuning=gpu_tuning,
     )
     forward, static, options = _program(params, video, r, opts)
-    try:
+    with explain_unknown_options(options):
         out = forward(params.tree, video, **static)
-    except Exception as err:  # noqa: BLE001 - re-raised unless XLA refused one of our options
-        _raise_unknown_option(err, options)
-        raise
     return Output(**out, schedule=static["sched"])
 
 
@@ -426,17 +423,8 @@ def _program(
     static = {"cfg": cfg, "sched": schedule_for(cfg, r), "per_clip": _per_clip_default(video), "opts": opts}
     if _traced(params.tree, video):
         return _jitted(()), static, {}  # XLA options only on a top-level jit
-    options = compiler_options(
-        jax.default_backend(), fast_compile=opts.fast_compile, gpu_tuning=opts.gpu_tuning
-    )
+    options = forward_options(opts.fast_compile, opts.gpu_tuning)
     return _jitted(tuple(sorted(options.items()))), static, options
-
-
-def _raise_unknown_option(err: Exception, options: dict[str, Any]) -> None:
-    """Re-raise XLA's refusal of one of our compiler ``options`` as one clear line (else return)."""
-    line = unknown_option(err, options) if options else None
-    if line is not None:
-        raise RuntimeError(line) from None
 
 
 def _traced(*trees: Any) -> bool:

@@ -24,12 +24,15 @@ the tree :func:`tldr_jax.init` would build for the stored config (computed abstr
 after reading the arrays it compares them with the recorded checksums, so a damaged data file is
 reported as corrupt instead of giving wrong weights (checkpoints written before the checksums were
 added load without this check).
+
+This module reads and writes vision encoders only; :func:`tldr_jax.load` (:mod:`tldr_jax.loading`)
+opens a checkpoint of any kind. The flat tree views, tree comparison and checksums it uses live in
+:mod:`tldr_jax.trees` (their names are importable from here too).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import functools
 import json
@@ -48,6 +51,7 @@ import numpy as np
 from tldr_jax.api import Params, init
 from tldr_jax.configs import ArchConfig
 from tldr_jax.files import atomic_directory
+from tldr_jax.trees import TreeDiff, compare_trees, flatten_tree, tree_checksums, unflatten_tree
 from tldr_jax.version import __version__
 
 FORMAT = "tldr_jax.checkpoint"
@@ -92,32 +96,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Trees: flat "a/b/c" views and comparison against a config.
+# The tree a config expects (flat views, comparison and checksums: tldr_jax.trees).
 # --------------------------------------------------------------------------------------------------
-
-
-def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> flat ``{"blocks_0/attn/qkv/kernel": leaf}`` (insertion order kept)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_tree(value, prefix=f"{path}/"))
-        else:
-            flat[path] = value
-    return flat
-
-
-def unflatten_tree(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten_tree`."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def expected_shapes(config: ArchConfig) -> dict[str, tuple[int, ...]]:
@@ -132,58 +112,6 @@ def expected_shapes(config: ArchConfig) -> dict[str, tuple[int, ...]]:
 def _expected_shapes(config: ArchConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     abstract = jax.eval_shape(lambda: init(0, config).tree)
     return tuple((path, tuple(leaf.shape)) for path, leaf in flatten_tree(abstract).items())
-
-
-@dataclasses.dataclass(frozen=True)
-class TreeDiff:
-    """Differences between a parameter tree and the tree a config expects.
-
-    Attributes:
-      missing: paths the config expects that the tree lacks.
-      unexpected: paths in the tree that the config does not have.
-      mismatched: ``(path, found shape, expected shape)`` for entries of the wrong shape.
-    """
-
-    missing: tuple[str, ...] = ()
-    unexpected: tuple[str, ...] = ()
-    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when the trees agree."""
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def report(self, limit: int = 20) -> str:
-        """Multi-line, big_vision-style report (at most ``limit`` entries per section)."""
-        lines: list[str] = []
-
-        def section(title: str, items: list[str]) -> None:
-            if not items:
-                return
-            lines.append(f"{title} ({len(items)}):")
-            lines.extend(f"  {item}" for item in items[:limit])
-            if len(items) > limit:
-                lines.append(f"  ... and {len(items) - limit} more")
-
-        section("Missing (expected by the config, not in the tree)", list(self.missing))
-        section("Unexpected (in the tree, not in the config)", list(self.unexpected))
-        section(
-            "Shape mismatches (found vs expected)",
-            [f"{p}: {tuple(f)} vs {tuple(e)}" for p, f, e in self.mismatched],
-        )
-        return "\n".join(lines)
-
-
-def compare_trees(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> TreeDiff:
-    """Compare two flat ``{path: shape}`` maps."""
-    missing = tuple(p for p in expected if p not in found)
-    unexpected = tuple(p for p in found if p not in expected)
-    mismatched = tuple(
-        (p, tuple(found[p]), tuple(expected[p]))
-        for p in expected
-        if p in found and tuple(found[p]) != tuple(expected[p])
-    )
-    return TreeDiff(missing, unexpected, mismatched)
 
 
 def _check_params(params: Params) -> None:
@@ -467,14 +395,6 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
         return f"array {array[-1].replace('.', '/')} cannot be read"
     line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def tree_checksums(tree: Mapping[str, Any]) -> dict[str, str]:
-    """Flat ``{path: crc32 hex}`` of every array's bytes (what :func:`save` records, :func:`load` checks)."""
-    return {
-        p: f"{zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes()):08x}"
-        for p, x in flatten_tree(tree).items()
-    }
 
 
 def _verify_header(path: Path, info: Mapping[str, Any]) -> None:

@@ -16,7 +16,9 @@ import numpy as np
 
 PathLike = str | os.PathLike
 
-__all__ = ["atomic_directory", "atomic_output", "jsonable", "sha256_file", "write_text_atomic"]
+__all__ = [
+    "atomic_directory", "atomic_output", "check_output", "jsonable", "sha256_file", "write_text_atomic",
+]
 
 
 @contextlib.contextmanager
@@ -85,6 +87,40 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output(path: PathLike, what: str, *, directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written as a file (or a ``directory``); returns it.
+
+    The folder that will hold it must exist and be writable (an atomic write puts a temporary sibling
+    there); an existing directory output must be writable itself. ``what`` names the path in messages
+    (``"--json"``, ``"the index"``).
+
+    Raises:
+      IsADirectoryError / NotADirectoryError / FileNotFoundError / PermissionError: one line naming
+        ``what``, the path and the fix.
+    """
+    p = Path(path).expanduser()
+    shown = f"{what} {str(path)!r}"
+    if p.is_dir() and not directory:
+        raise IsADirectoryError(f"{shown} is a directory; give a file name.")
+    if p.exists() and directory and not p.is_dir():
+        raise NotADirectoryError(f"{shown} is a file; give a directory (a new or an existing one).")
+    parent = p.absolute().parent
+    found = next((q for q in (parent, *parent.parents) if q.exists()), None)
+    if found is not None and not found.is_dir():
+        raise NotADirectoryError(f"{shown}: {found} is a file, not a folder.")
+    if found != parent:
+        raise FileNotFoundError(
+            f"{shown}: the folder {parent} does not exist; create it, or choose another path."
+        )
+    target = p if p.is_dir() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{shown}: {target} is not writable (permissions or a read-only file system); choose a "
+            "writable path."
+        )
+    return p
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tldr_jax.api import Output, Params, apply, config_for_video, params_config, validate_video
 from tldr_jax.options import APPLY_OPTIONS, ApplyOptions
 from tldr_jax.schedule import check_schedule
+from tldr_jax.xla_options import explain_unknown_options, forward_options
 
 Array = jax.Array
 DATA_AXIS = "data"
@@ -150,13 +151,15 @@ def _apply_positional(params: Params, video: Array, r: Any, options: tuple[tuple
 
 
 @functools.lru_cache(maxsize=16)
-def _sharded_apply_fn(mesh: Mesh):
-    """``tldr_jax.apply`` jitted with params replicated and video/outputs batch-sharded on ``mesh``."""
+def _sharded_apply_fn(mesh: Mesh, xla: tuple[tuple[str, Any], ...] = ()):
+    """``tldr_jax.apply`` jitted with params replicated and video/outputs batch-sharded on ``mesh``,
+    compiled with the XLA options ``xla`` (:func:`tldr_jax.xla_options.forward_options`)."""
     return jax.jit(
         _apply_positional,
         static_argnums=(2, 3),
         in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
         out_shardings=batch_sharding(mesh),
+        compiler_options=dict(xla) or None,
     )
 
 
@@ -197,7 +200,8 @@ def sharded_apply(
       mesh: a 1-D mesh (default :func:`make_mesh`: all devices).
       **apply_kwargs: the keyword options of :func:`tldr_jax.apply`
         (:data:`~tldr_jax.options.APPLY_OPTIONS`: ``method``, ``pool``, ``source``, ``return_saliency``,
-        ``prop_attn``, ``dtype``, ``remat``, ``precision``; all static).
+        ``prop_attn``, ``dtype``, ``remat``, ``precision``, ``fast_compile``, ``attention``,
+        ``gpu_tuning``; all static). The program compiles with the XLA options ``apply`` would use.
 
     Returns:
       :class:`~tldr_jax.Output` for the ``B`` clips. When ``B`` is a multiple of the device count the
@@ -215,9 +219,11 @@ def sharded_apply(
     mesh = make_mesh() if mesh is None else mesh
     n = int(video.shape[0])
     video = pad_batch(video, _agreed_local_size(n, mesh))
-    fn = _sharded_apply_fn(mesh)
+    xla = forward_options(opts.fast_compile, opts.gpu_tuning)  # what apply's own jit would get
+    fn = _sharded_apply_fn(mesh, tuple(sorted(xla.items())))
     options = tuple(sorted(opts.non_default().items()))
-    out = fn(replicate(params, mesh), shard_batch(video, mesh), _hashable(r), options)
+    with explain_unknown_options(xla):
+        out = fn(replicate(params, mesh), shard_batch(video, mesh), _hashable(r), options)
     if spans_processes(mesh):
         out = _to_local(out, mesh)
     return out if video.shape[0] == n else trim(out, n)

@@ -21,16 +21,17 @@ turns into one line naming the key and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tldr_jax.options import GPU_TUNINGS
 
 __all__ = [
-    "FAST_COMPILE_XLA_CPU", "GPU_TUNINGS", "GPU_TUNING_XLA", "compiler_options", "unknown_option",
-    "user_xla_flags",
+    "FAST_COMPILE_XLA_CPU", "GPU_TUNINGS", "GPU_TUNING_XLA", "compiler_options", "explain_unknown_options",
+    "forward_options", "unknown_option", "user_xla_flags",
 ]
 
 #: XLA options of ``apply(..., fast_compile=True)`` on CPU: the older CPU kernel emitter.
@@ -55,7 +56,12 @@ def user_xla_flags(flags: str | None = None) -> frozenset[str]:
 
 
 def compiler_options(
-    backend: str, *, fast_compile: bool = False, gpu_tuning: str = "heuristic", xla_flags: str | None = None
+    backend: str,
+    *,
+    fast_compile: bool = False,
+    gpu_tuning: str = "heuristic",
+    autotune_dir: str | os.PathLike | None = None,
+    xla_flags: str | None = None,
 ) -> dict[str, Any]:
     """The per-program XLA options of a forward compiled for ``backend``.
 
@@ -64,6 +70,8 @@ def compiler_options(
         ``"rocm"``) or ``"tpu"``.
       fast_compile: ``apply``'s ``fast_compile`` (CPU: :data:`FAST_COMPILE_XLA_CPU`).
       gpu_tuning: one of :data:`GPU_TUNINGS` (GPU: :data:`GPU_TUNING_XLA`).
+      autotune_dir: this process's own GPU autotuning folder
+        (:func:`tldr_jax.compile_cache.autotune_dir`), or None.
       xla_flags: the ``XLA_FLAGS`` text to respect (default: the environment's); its keys are dropped.
 
     Returns:
@@ -80,6 +88,8 @@ def compiler_options(
         chosen.update(FAST_COMPILE_XLA_CPU)
     if backend in ("gpu", "cuda", "rocm"):
         chosen.update(GPU_TUNING_XLA[gpu_tuning])
+        if autotune_dir is not None:
+            chosen["xla_gpu_per_fusion_autotune_cache_dir"] = str(autotune_dir)
     user = user_xla_flags(xla_flags)
     return {key: value for key, value in chosen.items() if key not in user}
 
@@ -92,8 +102,38 @@ def unknown_option(err: BaseException, options: Mapping[str, Any]) -> str | None
     import jaxlib
 
     key = match.group(1)
+    if key in FAST_COMPILE_XLA_CPU:
+        fix = "run without fast_compile=True"
+    elif key == "xla_gpu_per_fusion_autotune_cache_dir":
+        fix = "call enable_compile_cache without worker="
+    else:
+        fix = "use gpu_tuning='xla' (XLA's defaults)"
     return (
         f"this XLA (jaxlib {getattr(jaxlib, '__version__', '?')}) has no compiler option {key!r}, which "
-        f"tldr_jax sets for this backend ({key}={options[key]!r}); use gpu_tuning='xla' (XLA's defaults), "
-        "or a jaxlib that knows it."
+        f"tldr_jax sets for this program ({key}={options[key]!r}); {fix}, or use a jaxlib that knows it."
     )
+
+
+def forward_options(fast_compile: bool = False, gpu_tuning: str = "heuristic") -> dict[str, Any]:
+    """:func:`compiler_options` for a forward compiled now in this process: JAX's default backend, this
+    process's autotuning folder (:func:`tldr_jax.compile_cache.autotune_dir`) and its ``XLA_FLAGS``."""
+    import jax
+
+    from tldr_jax.compile_cache import autotune_dir
+
+    return compiler_options(
+        jax.default_backend(), fast_compile=fast_compile, gpu_tuning=gpu_tuning, autotune_dir=autotune_dir()
+    )
+
+
+@contextlib.contextmanager
+def explain_unknown_options(options: Mapping[str, Any]) -> Iterator[None]:
+    """Compile inside: XLA refusing one of ``options`` as unknown becomes a ``RuntimeError`` of one line
+    (:func:`unknown_option`); every other error passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        line = unknown_option(err, options) if options else None
+        if line is None:
+            raise
+        raise RuntimeError(line) from None

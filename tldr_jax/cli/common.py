@@ -85,17 +85,13 @@ def input_config(cfg: Any, frames: int | None) -> Any:
     return config_for_video(cfg, clip)
 
 
-def output_file(path: str | None, flag: str) -> Path | None:
-    """Check an output file option before any work: not a directory, its parent not a file."""
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise CliError(f"{flag} {path!r} is a directory; give a file name.")
-    parent = next((q for q in p.parents if q.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise CliError(f"{flag} {path!r}: {parent} is a file, not a directory.")
-    return p
+def output_file(path: str | None, flag: str, *, directory: bool = False) -> Path | None:
+    """Check an output path option before any model load or decode (:func:`tldr_jax.files.check_output`:
+    not a directory (or, with ``directory``, not a file), its folder existing and writable); None stays
+    None. Every command checks its outputs through this one function."""
+    from tldr_jax.files import check_output
+
+    return None if path is None else check_output(path, flag, directory=directory)
 
 
 def apply_options(args: argparse.Namespace) -> Any:

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from tldr_jax.cli.common import parse_r
+from tldr_jax.cli.common import output_file, parse_r
 from tldr_jax.cli.sources import load_model
 from tldr_jax.schedule import RSpec
 from tldr_jax.train.config import FinetuneConfig
@@ -134,7 +134,7 @@ def finetune_main(args: argparse.Namespace) -> int:
     """
     from tldr_jax.train import finetune
 
-    out = Path(args.out)
+    out = output_file(args.out, "--out", directory=True)  # before the model is loaded
     fc = FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)})
     for flag, folder in (("TRAIN", args.train), ("--val", args.val)):
         if folder is not None and not Path(folder).is_dir():

@@ -19,6 +19,9 @@ from typing import Any
 from tldr_jax.cli import common, sources
 from tldr_jax.schedule import default_r, format_r
 
+#: What an interrupted ``index`` leaves (appended to its "interrupted" line).
+INTERRUPTED = "the videos encoded so far are kept in the index's cache: the same command resumes"
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``index`` on an argparse sub-parsers object (``set_defaults(func=main)``)."""
@@ -49,7 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="rebuild an index made with another model or settings")
     common.add_apply_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, interrupted_note=INTERRUPTED)
     return p
 
 
@@ -66,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax index``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
     from tldr_jax.search.build import build_index
 
+    common.output_file(args.out, "--out", directory=True)  # before any model load or decode
     opts = common.apply_options(args).non_default()
     source = sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet)
     frames = source.config.num_frames if args.frames is None else args.frames
@@ -80,9 +84,7 @@ def main(args: argparse.Namespace) -> int:
     for name, err in rep.failed.items():
         print(f"{common.PROG}: warning: skipped {name}: {err}", file=sys.stderr, flush=True)
     common.say(
-        f"index   {index.path}: {len(index)} videos ({len(rep.computed)} encoded, {len(rep.reused)} reused, "
-        f"{len(rep.failed)} skipped) in {rep.seconds:.1f} s; {rep.videos_per_second:.2f} videos/s encoding "
-        f"(engine {rep.engine})"
+        f"index   {index.path}: {rep.summary(len(index))}"
     )
     merging = "vid-TLDR on" if s["vid_tldr"] else "no merging"
     common.say(

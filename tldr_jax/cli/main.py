@@ -10,6 +10,8 @@ Examples::
     tldr-jax retrieve --model ckpt/umt_b16_ret --videos videos/ --captions captions.jsonl   # UMT retrieval
     tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --keep-tokens   # video search
     tldr-jax search videos.index "a dog catches a frisbee" --rerank 50
+    tldr-jax qa --model ckpt/umt_b16_qa clip.mp4 "what is the man doing?" --answers answers.json  # video QA
+    tldr-jax mc --model ckpt/umt_b16_ret --annotations msrvtt_mc_test.json --videos msrvtt/  # multiple choice
 
 Every argument is checked before any heavy work (``--r`` against the model's config, before the
 weights are loaded and the video decoded). Errors in the inputs (missing or unreadable videos and
@@ -36,8 +38,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tldr_jax.cli import bench, convert, finetune, retrieve, run, vis
+from tldr_jax.cli import bench, convert, finetune, interrupt, retrieve, run, vis
 from tldr_jax.cli import index as index_cmd
+from tldr_jax.cli import qa as qa_cmd
 from tldr_jax.cli import search as search_cmd
 from tldr_jax.cli.base import PROG, CliError
 
@@ -54,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 FORWARDED: tuple[str, ...] = ("convert", "bench")
 
 #: The command modules, in ``--help`` order: each has ``add_parser(subparsers)``.
-COMMANDS: tuple[Any, ...] = (run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd)
+COMMANDS: tuple[Any, ...] = (run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd, qa_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,8 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status: 0 success; 2 a bad argument, input file or environment (one ``tldr-jax CMD: error:``
     line on stderr, nothing written); 1 an internal error (one line; ``--debug`` or
-    ``TLDR_JAX_DEBUG=1`` shows the traceback); 130 interrupted.
+    ``TLDR_JAX_DEBUG=1`` shows the traceback); 130 / 143 interrupted by SIGINT / SIGTERM (one line).
+    Called without ``argv`` (the console command, ``python -m tldr_jax.cli``), an interrupted command ends
+    the process with ``os._exit`` once the line is printed (see :mod:`tldr_jax.cli.interrupt`).
     """
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     head = [a for a in argv[:3] if a not in ("--debug", "--no-compile-cache")][:1]
     if head and head[0] in FORWARDED:
@@ -157,15 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
             return int(exc.code or 0)
     debug = args.debug or os.environ.get("TLDR_JAX_DEBUG") == "1"
-    try:
-        _compile_cache(args.no_compile_cache)
-        with _warnings_as_lines():
-            return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if debug:
-            raise
-        print(_error_line(args.command, err), file=sys.stderr)
-        return 2 if isinstance(err, USER_ERRORS) else 1
+    note = getattr(args, "interrupted_note", "")
+    with interrupt.Interruption(args.command, hard_exit=argv_given is None, note=note) as stop:
+        try:
+            _compile_cache(args.no_compile_cache)
+            with _warnings_as_lines():
+                code = int(args.func(args) or 0)
+        except KeyboardInterrupt as err:
+            return stop.leave(interrupt.exit_code(err))
+        except Exception as err:
+            if debug:
+                raise
+            print(_error_line(args.command, err), file=sys.stderr)
+            return 2 if isinstance(err, USER_ERRORS) else 1
+        if code in (130, 143):  # a forwarded tool (convert) that was interrupted itself
+            return stop.leave(code, say=False)
+        return code

@@ -110,7 +110,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, interrupted_note="nothing was written")
     return p
 
 
@@ -262,7 +262,7 @@ def _evaluate(
 def _query(args: argparse.Namespace, model: Any, opts: dict[str, Any], files: list[Path]) -> dict[str, Any]:
     from tldr_jax.retrieval.features import encode_texts, encode_videos
     from tldr_jax.retrieval.fusion import rerank
-    from tldr_jax.text.tokenizer import pre_text
+    from tldr_jax.text.tokenizer import check_query, shorten
 
     t0 = time.perf_counter()
     vid = encode_videos(
@@ -275,7 +275,9 @@ def _query(args: argparse.Namespace, model: Any, opts: dict[str, Any], files: li
         progress=False if args.quiet else None,
     )
     t1 = time.perf_counter()
-    queries = [q if args.raw_captions else pre_text(q) for q in args.query]
+    # cleaned as the evaluation cleans captions; a query the model reads only in part warns (one line)
+    queries = [check_query(q, model, clean=not args.raw_captions, max_length=opts["max_length"])
+               for q in args.query]
     text = encode_texts(model, queries, max_length=opts["max_length"])
     sim = np.asarray(vid.feat) @ np.asarray(text.feat).T
     _, t2i, _ = rerank(model, sim, text, vid.tokens, opts["k"], progress=False)
@@ -283,7 +285,7 @@ def _query(args: argparse.Namespace, model: Any, opts: dict[str, Any], files: li
     out: dict[str, Any] = {"queries": []}
     for q, raw in enumerate(args.query):
         order = np.argsort(t2i[q])[::-1][: args.top]
-        print(f"query   {raw!r} (r={format_r(opts['r'])}; {len(files)} videos)")
+        print(f"query   {shorten(raw)!r} (r={format_r(opts['r'])}; {len(files)} videos)")
         ranked = []
         for rank, v in enumerate(order, 1):
             itm = float(t2i[q, v])
@@ -301,6 +303,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(
             "give --captions FILE (or --annotations FILE) to evaluate, or --query TEXT to rank videos."
         )
+    json_path = common.output_file(args.json, "--json")  # before any model load or decode
+    if args.query:  # "" or "!!!": the same one line as tldr-jax search, before anything is read
+        from tldr_jax.text.tokenizer import check_query
+
+        for q in args.query:
+            check_query(q, clean=not args.raw_captions)
     files = video_files(args.videos)
     source = sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet)
     cfg = source.config
@@ -315,8 +323,8 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     result = _query(args, model, opts, files) if args.query else _evaluate(args, model, opts, files)
-    if args.json:
-        Path(args.json).expanduser().write_text(
-            json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8"
-        )
+    if json_path is not None:
+        from tldr_jax.files import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(result, indent=2, default=str) + "\n")
     return 0

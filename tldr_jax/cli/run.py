@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=common.positive_int, default=3, help="steady-state timing runs (median)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmerged run")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, interrupted_note="nothing was written")
     return p
 
 

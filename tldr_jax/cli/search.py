@@ -47,8 +47,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax search``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
     from tldr_jax.search.index import load_index
-    from tldr_jax.search.query import search
+    from tldr_jax.search.query import describe, search
+    from tldr_jax.text.tokenizer import check_query
 
+    check_query(args.query, clean=not args.raw_query)  # "", "!!!": one line before anything is opened
     model = None
     if args.model is not None:
         model = str(sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet).path)
@@ -60,8 +62,7 @@ def main(args: argparse.Namespace) -> int:
         common.say(json.dumps([h.to_json() for h in hits]))
         return 0
     if not args.quiet:
-        how = f"ITM re-ranking of the top {args.rerank} by ITC" if args.rerank else "ITC (cosine)"
-        common.say(f"query   {args.query!r}: {len(index)} videos, {how}")
+        common.say(f"query   {describe(index, args.query, args.rerank)}")
     for h in hits:
         itm = f"  itm {h.itm:8.4f}" if h.itm is not None else ""
         common.say(f"  {h.rank:3d}. {h.score:8.4f}  itc {h.itc:7.4f}{itm}  {h.video}")

@@ -34,6 +34,7 @@ TINY_OVERRIDES: dict[str, Any] = dict(
 KIND_NAMES: dict[str, tuple[str, str]] = {
     "vision": ("vision encoder", ""),
     "umt_retrieval": ("retrieval model", " --vocab vocab.txt [--text-config config_bert.json]"),
+    "umt_qa": ("QA model", " --format umt_qa --vocab vocab.txt [--text-config config_bert.json]"),
 }
 
 

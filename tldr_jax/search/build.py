@@ -16,44 +16,38 @@ describes the files). Re-indexing encodes only new or changed files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
-from usearch.index import Index
 
 from tldr_jax.api import schedule
 from tldr_jax.batch import read_meta, run_directory, run_key, run_settings
-from tldr_jax.files import atomic_directory, jsonable, write_text_atomic
+from tldr_jax.files import jsonable
 from tldr_jax.options import ApplyOptions, check_int
 from tldr_jax.retrieval.features import clip_preprocessing
 from tldr_jax.retrieval.model import RetrievalModel
-from tldr_jax.search import ray_engine
-from tldr_jax.search.collection import collect_videos, index_entries
+from tldr_jax.search import ray_engine, store
+from tldr_jax.search.collection import collect_videos, collection_root, index_entries
 from tldr_jax.search.index import (
     CACHE_DIR,
     FORMAT_VERSION,
-    HNSW_EXPANSION_ADD,
-    HNSW_FILE,
     INDEX_FILE,
     INDEX_KIND,
-    TOKENS_FILE,
     VECTORS_FILE,
     IndexEntry,
     VideoIndex,
     check_identity,
     model_fingerprint,
+    open_generation,
     read_info,
     resolve_model,
 )
-from tldr_jax.text.bert import normalize
+from tldr_jax.search.locks import LOCK_FILES, writer_lock
 from tldr_jax.video import Preprocessing
 
 PathLike = str | os.PathLike
@@ -71,6 +65,9 @@ class BuildReport:
       failed: video -> error, for files that could not be read (left out with ``skip_unreadable=True``).
       engine: ``"local"`` or ``"ray"``. seconds: wall time of the whole build (hashing, encoding, writing).
       encode_seconds: time spent encoding (the ``run_directory`` / Ray stage).
+      generation: the data directory the index now reads. written: whether this build wrote a new
+        generation (False when nothing the vectors depend on changed).
+      recached: videos whose cached results were unusable and were encoded again (``overwrite=True``).
     """
 
     computed: list[str] = dataclasses.field(default_factory=list)
@@ -79,11 +76,32 @@ class BuildReport:
     engine: str = "local"
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    generation: str = ""
+    written: bool = False
+    recached: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def videos_per_second(self) -> float:
         """Videos encoded per second of encoding (0 when nothing was encoded)."""
         return len(self.computed) / self.encode_seconds if self.computed and self.encode_seconds > 0 else 0.0
+
+    def summary(self, videos: int) -> str:
+        """One line for an index of ``videos`` videos: counts, time, and the encoding rate (or, when
+        nothing was encoded, that every video was reused)."""
+        reused = len(self.reused)
+        if self.computed:
+            rate = f"{self.videos_per_second:.2f} videos/s encoding"
+        else:
+            rate = f"nothing to encode: all {reused} reused" if not self.failed else "nothing to encode"
+        return (
+            f"{_count(videos, 'video')} ({len(self.computed)} encoded, {reused} reused, {len(self.failed)} "
+            f"skipped) in {self.seconds:.1f} s; {rate} (engine {self.engine})"
+        )
+
+
+def _count(n: int, word: str) -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +168,9 @@ class _Job:
     prep: Preprocessing
     schedule: Any
     identity: dict[str, Any]
+    folder: Path | None
+    root: str
+    key: str
 
     @property
     def cache(self) -> Path:
@@ -175,7 +196,7 @@ def _check_out(out: Path, overwrite: bool) -> dict[str, Any] | None:
             if overwrite:
                 return None
             raise
-    if any(out.iterdir()) and not (out / CACHE_DIR).is_dir():
+    if any(p.name not in LOCK_FILES for p in out.iterdir()) and not (out / CACHE_DIR).is_dir():
         raise FileExistsError(
             f"out {out} is a non-empty folder that is not a video index; give a new or empty path."
         )
@@ -215,12 +236,28 @@ def _prepare(model: Any, videos: Any, out: Any, s: BuildSettings) -> _Job:
     prep = clip_preprocessing(loaded, frames, s.trim_seconds)
     sched = schedule(loaded.vision, s.r, num_frames=prep.num_frames)  # ValueError for an r that does not fit
     identity = _identity(loaded, s, prep, sched)
+    _check_previous(previous, identity, out_path, s)
+    key = run_key(run_settings(loaded.vision, prep, s.r, s.keep_tokens, s.options))
+    return _Job(out_path, previous, loaded, model_dir, files, [], prep, sched, identity, root,
+                collection_root(root, files), key)
+
+
+def _check_previous(
+    previous: dict[str, Any] | None, identity: dict[str, Any], out: Path, s: BuildSettings
+) -> None:
     if previous is not None and not s.overwrite:
-        check_identity(previous["settings"], identity, out_path,
+        check_identity(previous["settings"], identity, out,
                        "index into a new path, or pass overwrite=True (CLI: --overwrite) to rebuild it.")
+
+
+def _locked(job: _Job, s: BuildSettings) -> _Job:
+    """With the writer lock held: the index as it is now (another build may have finished since
+    :func:`_prepare` looked), checked again, and the entries (files hashed unless unchanged)."""
+    previous = _check_out(job.out, s.overwrite)
+    _check_previous(previous, job.identity, job.out, s)
     old_entries = {e["path"]: IndexEntry.from_json(e) for e in (previous or {}).get("entries", [])}
-    entries = index_entries(root, files, old_entries)
-    return _Job(out_path, previous, loaded, model_dir, files, entries, prep, sched, identity)
+    entries = index_entries(job.folder, job.files, old_entries)
+    return dataclasses.replace(job, previous=previous, entries=entries)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +270,9 @@ def _encode(job: _Job, s: BuildSettings) -> tuple[Any, BuildReport]:
     changed = job.previous is None or job.previous["settings"] != job.identity
     if s.overwrite and changed and job.cache.exists():
         shutil.rmtree(job.cache)  # other settings' features; the previous index stays readable until replaced
+    tokens_shape = (job.schedule.tokens[-1], job.model.vision.config.embed_dim) if s.keep_tokens else None
+    recached = store.check_cache(job.cache, job.entries, job.key, job.model.text_config.embed_dim,
+                                 tokens_shape, s.overwrite)
     names = {e.path: e.result_name for e in job.entries}
     tic = time.perf_counter()
     if s.engine == "local":
@@ -247,7 +287,7 @@ def _encode(job: _Job, s: BuildSettings) -> tuple[Any, BuildReport]:
             batch_size=s.batch_size, keep_tokens=s.keep_tokens, progress=s.progress, options=s.options,
             actors=s.actors,
         )
-    report = BuildReport(engine=s.engine, encode_seconds=time.perf_counter() - tic)
+    report = BuildReport(engine=s.engine, encode_seconds=time.perf_counter() - tic, recached=recached)
     report.computed, report.reused = list(summary.processed), list(summary.skipped)
     return summary, report
 
@@ -255,11 +295,10 @@ def _encode(job: _Job, s: BuildSettings) -> tuple[Any, BuildReport]:
 def _collect(job: _Job, s: BuildSettings, summary: Any, report: BuildReport) -> list[IndexEntry]:
     """The entries whose features are in the cache (made with these settings); the others go to
     ``report.failed`` and raise unless ``skip_unreadable``."""
-    key = run_key(run_settings(job.model.vision, job.prep, s.r, s.keep_tokens, s.options))
     done = []
     for e in job.entries:
         meta = read_meta(job.cache / e.result_name)
-        if meta is not None and meta.get("run_key") == key:
+        if meta is not None and meta.get("run_key") == job.key:
             done.append(dataclasses.replace(e, frames=job.prep.num_frames,
                                             warnings=tuple(meta.get("warnings", ()))))
         else:
@@ -282,74 +321,49 @@ def _collect(job: _Job, s: BuildSettings, summary: Any, report: BuildReport) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def _stacked(
-    cache: Path, entries: list[IndexEntry], keep_tokens: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(n, E)`` float32 unit vectors and ``(n, N', D)`` float32 tokens (or None) from the cache."""
-    emb, toks = [], []
-    for e in entries:
-        with np.load(cache / e.result_name, allow_pickle=False) as z:
-            emb.append(z["embedding"])
-            if keep_tokens:
-                toks.append(z["tokens"])
-    # The same normalisation as encode_video (official F.normalize of vision_proj), in float32.
-    vectors = np.asarray(normalize(jnp.asarray(np.stack(emb), jnp.float32)), np.float32)
-    return vectors, (np.stack(toks).astype(np.float32) if keep_tokens else None)
+def _reusable(job: _Job, entries: list[IndexEntry], approximate: bool, overwrite: bool) -> bool:
+    """Whether the previous generation holds exactly the vectors this build would write (same settings,
+    same contents in the same order): then no new generation is written."""
+    prev = job.previous
+    return (
+        prev is not None and not overwrite and prev["settings"] == job.identity
+        and bool(prev.get("approximate")) == approximate
+        and [e["sha256"] for e in prev["entries"]] == [e.sha256 for e in entries]
+        and (job.out / prev["data"] / VECTORS_FILE).is_file()
+    )
 
 
-def _write_data(
-    out: Path, vectors: np.ndarray, tokens: np.ndarray | None, approximate: bool
-) -> tuple[str, dict[str, int]]:
-    """``data-<id>/`` (a temporary directory, renamed): its name and the bytes of each file."""
-    data_name = f"data-{uuid.uuid4().hex[:12]}"
-    nbytes = {"vectors": int(vectors.nbytes), "tokens": 0, "hnsw": 0}
-    with atomic_directory(out / data_name) as tmp:
-        np.save(tmp / VECTORS_FILE, vectors)
-        if tokens is not None:
-            np.save(tmp / TOKENS_FILE, tokens)
-            nbytes["tokens"] = int(tokens.nbytes)
-        if approximate:
-            ann = Index(ndim=vectors.shape[1], metric="ip", dtype="f32", expansion_add=HNSW_EXPANSION_ADD)
-            ann.add(np.arange(len(vectors), dtype=np.uint64), vectors)
-            ann.save(str(tmp / HNSW_FILE))
-            nbytes["hnsw"] = (tmp / HNSW_FILE).stat().st_size
-    return data_name, nbytes
-
-
-def _write_index(job: _Job, entries: list[IndexEntry], approximate: bool) -> None:
-    """Write ``data-<id>/``, then ``index.json`` (atomic), then remove the previous data directory."""
+def _write_index(job: _Job, entries: list[IndexEntry], s: BuildSettings, report: BuildReport) -> None:
+    """A new ``data-<id>/`` (unless the previous one holds the same vectors), then ``index.json``
+    (atomic, and only when it changed), then the removal of generations no reader holds."""
     keep = job.identity["keep_tokens"]
-    vectors, tokens = _stacked(job.cache, entries, keep)
-    data_name, nbytes = _write_data(job.out, vectors, tokens, approximate)
     width = job.model.vision.config.embed_dim
-    nbytes["tokens_unmerged"] = len(entries) * job.schedule.tokens[0] * width * 4 if keep else 0
+    if _reusable(job, entries, s.approximate, s.overwrite):
+        data_name, nbytes = job.previous["data"], dict(job.previous["bytes"])
+    else:
+        vectors, tokens = store.stacked(job.cache, entries, keep)
+        data_name, nbytes = store.write_generation(job.out, vectors, tokens, s.approximate)
+        nbytes["tokens_unmerged"] = len(entries) * job.schedule.tokens[0] * width * 4 if keep else 0
+        report.written = True
     nbytes["cache"] = sum(f.stat().st_size for f in job.cache.glob("*.npz"))
     info = {
         "kind": INDEX_KIND,
         "format": FORMAT_VERSION,
         "settings": job.identity,
         "model_dir": job.model_dir,
+        "root": job.root,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": data_name,
         "metric": "ip",
-        "approximate": bool(approximate),
-        "dim": int(vectors.shape[1]),
+        "approximate": bool(s.approximate),
+        "dim": int(job.model.text_config.embed_dim),
         "count": len(entries),
         "tokens_shape": [int(job.schedule.tokens[-1]), int(width)] if keep else None,
         "bytes": nbytes,
         "entries": [e.to_json() for e in entries],
     }
-    write_text_atomic(job.out / INDEX_FILE, json.dumps(info, indent=1) + "\n")
-    for old in job.out.glob("data-*"):
-        if old.name != data_name and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _prune_cache(cache: Path, keep: set[str]) -> None:
-    """Remove cached results no entry refers to (files removed from or changed in the collection)."""
-    for f in cache.glob("*.npz"):
-        if f.name not in keep:
-            f.unlink(missing_ok=True)
+    store.commit_index(job.out, info, job.previous)
+    report.generation = data_name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,11 +433,13 @@ def build_index(
         skip_unreadable=skip_unreadable, overwrite=overwrite, workers=workers, progress=progress,
     )
     job = _prepare(model, videos, out, s)
-    summary, report = _encode(job, s)
-    done = _collect(job, s, summary, report)
-    _write_index(job, done, s.approximate)
-    _prune_cache(job.cache, {e.result_name for e in done})
-    index = VideoIndex(job.out, read_info(job.out), job.model)
+    with writer_lock(job.out):
+        job = _locked(job, s)
+        summary, report = _encode(job, s)
+        done = _collect(job, s, summary, report)
+        _write_index(job, done, s, report)
+        store.prune_cache(job.cache, {e.result_name for e in done})
+        index = VideoIndex(job.out, open_generation(job.out), job.model, job.identity["model"])
     report.seconds = time.perf_counter() - started
     index.build = report
     return index
@@ -459,7 +475,9 @@ def encode_shard(
         trim_seconds=trim_seconds, skip_unreadable=True, workers=workers, progress=progress, shard=shard,
     )
     job = _prepare(model, videos, out, s)
-    summary, report = _encode(job, s)
+    with writer_lock(job.out, shared=True):  # shares encode side by side; a build waits for none
+        job = _locked(job, s)
+        summary, report = _encode(job, s)
     report.failed = dict(summary.failed)
     report.seconds = time.perf_counter() - started
     return report

@@ -18,14 +18,15 @@ from tldr_jax.video import CLIP_EXTENSIONS
 
 PathLike = str | os.PathLike
 
-__all__ = ["collect_videos", "index_entries"]
+__all__ = ["collect_videos", "collection_root", "index_entries"]
 
 
 def collect_videos(videos: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[Path]]:
     """The indexed folder (or None for a list) and its video / ``.npy`` files, sorted.
 
-    A folder is searched recursively (hidden files and folders skipped). Raises ``FileNotFoundError``
-    for a missing folder or file and ``ValueError`` when there is nothing to index.
+    A folder is searched recursively (hidden files and folders skipped), following symlinked folders
+    once each (a link back to a folder already listed, e.g. ``loop -> .``, is not followed). Raises
+    ``FileNotFoundError`` for a missing folder or file and ``ValueError`` when there is nothing to index.
     """
     if isinstance(videos, (str, os.PathLike)):
         root = Path(videos).expanduser().absolute()
@@ -35,11 +36,7 @@ def collect_videos(videos: PathLike | Sequence[PathLike]) -> tuple[Path | None, 
             raise NotADirectoryError(
                 f"{root} is not a folder; give the folder of videos to index (or a list of files in Python)."
             )
-        files = sorted(
-            p for p in root.rglob("*")
-            if p.is_file() and p.suffix.lower() in CLIP_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
+        files = _walk(root)
         if not files:
             raise ValueError(
                 f"{root} holds no video or .npy files ({', '.join(CLIP_EXTENSIONS)}); nothing to index."
@@ -52,6 +49,30 @@ def collect_videos(videos: PathLike | Sequence[PathLike]) -> tuple[Path | None, 
     if missing:
         raise FileNotFoundError(f"{len(missing)} video file(s) do not exist, e.g. {missing[0]}.")
     return None, sorted(set(files))
+
+
+def _walk(root: Path) -> list[Path]:
+    """The video / ``.npy`` files under ``root`` (named through the links that lead to them), sorted; each
+    real folder is listed once, so links that loop are not followed twice."""
+    seen: set[tuple[int, int]] = set()
+    files = []
+    for top, dirs, names in os.walk(root, followlinks=True):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            f = Path(top) / name
+            if not name.startswith(".") and f.suffix.lower() in CLIP_EXTENSIONS and f.is_file():
+                files.append(f)
+    return sorted(files)
+
+
+def collection_root(root: Path | None, files: list[Path]) -> str:
+    """The folder every indexed file lies in: the indexed folder, or the common folder of a list."""
+    return str(root) if root is not None else os.path.commonpath([str(f.parent) for f in files])
 
 
 def index_entries(root: Path | None, files: list[Path], previous: dict[str, IndexEntry]) -> list[IndexEntry]:

@@ -6,12 +6,20 @@ An index directory holds
   entry per video (name as indexed, absolute path, sha256 of the content, size, frames sampled, tokens
   kept), the sizes on disk and the name of the data directory. It is written last (atomically): an index
   is whatever ``index.json`` points to, so an interrupted build leaves the previous index intact;
-* ``data-<id>/``: ``vectors.npy`` ``(n, E)`` float32 unit-norm ``vision_proj`` features (the ITC side of
-  the official evaluation), optionally ``tokens.npy`` ``(n, N', D)`` float32 merged video tokens (for ITM
-  re-ranking) and ``hnsw.usearch`` (the approximate index). Written to a temporary directory and renamed;
+* ``data-<id>/`` (a *generation*): ``vectors.npy`` ``(n, E)`` float32 unit-norm ``vision_proj`` features
+  (the ITC side of the official evaluation), optionally ``tokens.npy`` ``(n, N', D)`` float32 merged video
+  tokens (for ITM re-ranking) and ``hnsw.usearch`` (the approximate index), and ``readers.lock``. Written
+  to a temporary directory and renamed; a re-index that changes nothing writes no new generation;
 * ``cache/``: the per-file results of :func:`tldr_jax.batch.run_directory` (``<content hash>.npz``,
   ``manifest.jsonl``, ``errors.jsonl``, ``run.json``). Re-indexing reuses every result whose file
   content, model and settings are unchanged, so adding or changing files computes only those files.
+
+Concurrent use (:mod:`tldr_jax.search.locks`): one writer at a time (``.writer.lock``); a reader
+(:class:`VideoIndex`) holds a shared lock on the generation it reads, and a writer removes an old
+generation only once no reader holds it, so a search that started on one generation finishes on it,
+or (when its generation went away before it was opened) moves to the new one; it never fails because of
+a writer. A long-running reader checks :meth:`VideoIndex.changed` and switches with
+:meth:`VideoIndex.reload`. Everything read is checked first (:mod:`tldr_jax.search.validate`).
 
 Search is exact inner product by default (``usearch``'s brute-force kernel over ``vectors.npy``;
 memory-mapped); ``approximate=True`` adds an HNSW graph (``usearch.Index``, metric ``ip``) for large
@@ -24,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +42,8 @@ from usearch.index import Index
 from tldr_jax.batch import hash_tree, params_fingerprint
 from tldr_jax.retrieval.checkpoint import load_retrieval_model
 from tldr_jax.retrieval.model import RetrievalModel
+from tldr_jax.search.locks import ReaderLock
+from tldr_jax.search.validate import check_arrays, check_info
 
 if TYPE_CHECKING:  # build.py imports this module; the report type is only annotated here
     from tldr_jax.search.build import BuildReport
@@ -54,10 +65,13 @@ HNSW_EXPANSION_SEARCH = 256
 IDENTITY_KEYS: tuple[str, ...] = (
     "model", "arch", "r", "tokens", "num_frames", "trim_seconds", "keep_tokens", "options",
 )
+#: Times a reader re-reads ``index.json`` when the generation it named was replaced before it was opened.
+OPEN_ATTEMPTS = 20
 
 __all__ = [
     "IndexEntry",
     "VideoIndex",
+    "index_stamp",
     "check_identity",
     "load_index",
     "model_fingerprint",
@@ -110,9 +124,92 @@ class IndexEntry:
         )
 
 
+def index_stamp(path: Path) -> tuple[int, int, int] | None:
+    """``(inode, mtime_ns, size)`` of an index's ``index.json`` (None when absent): it changes whenever a
+    build writes a new generation (``index.json`` is replaced, never edited in place)."""
+    try:
+        st = (path / INDEX_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@dataclasses.dataclass
+class _Generation:
+    """One opened generation: its ``index.json``, its arrays (memory-mapped) and the reader lock."""
+
+    info: dict[str, Any]
+    vectors: np.ndarray
+    tokens: np.ndarray | None
+    hnsw: Any
+    lock: ReaderLock
+    stamp: tuple[int, int, int] | None
+
+
+def _load_array(f: Path) -> np.ndarray:
+    """A memory-mapped ``.npy`` (never with pickle); ``FileNotFoundError`` passes (a removed generation)."""
+    try:
+        return np.load(f, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(
+            f"{f}: not a readable float32 array ({err}); the index is damaged. Rebuild it "
+            "(tldr-jax index ... --overwrite)."
+        ) from None
+
+
+def _open_data(p: Path, info: dict[str, Any], stamp: tuple[int, int, int] | None) -> _Generation:
+    """Lock and open the generation ``info`` names (``FileNotFoundError`` when it is gone)."""
+    data = p / info["data"]
+    lock = ReaderLock(data)
+    try:
+        vectors = _load_array(data / VECTORS_FILE)
+        tokens = _load_array(data / TOKENS_FILE) if info["settings"]["keep_tokens"] else None
+        check_arrays(vectors, tokens, info, (data / VECTORS_FILE, data / TOKENS_FILE))
+        hnsw = None
+        if info.get("approximate"):
+            if not (data / HNSW_FILE).is_file():
+                raise FileNotFoundError(data / HNSW_FILE)
+            hnsw = Index.restore(str(data / HNSW_FILE), view=True)  # memory-mapped: survives removal
+            hnsw.expansion_search = HNSW_EXPANSION_SEARCH
+    except BaseException:
+        lock.close()
+        raise
+    return _Generation(info, vectors, tokens, hnsw, lock, stamp)
+
+
+def open_generation(path: Path) -> _Generation:
+    """The current generation of the index at ``path``, locked for reading.
+
+    When a writer replaced the generation between reading ``index.json`` and opening its files, the new
+    ``index.json`` is read and its generation opened (up to :data:`OPEN_ATTEMPTS` times); a data file
+    missing while ``index.json`` stayed the same is damage (``ValueError`` naming it).
+    """
+    for _ in range(OPEN_ATTEMPTS):
+        stamp = index_stamp(path)
+        info = read_info(path)
+        try:
+            return _open_data(path, info, stamp)
+        except FileNotFoundError as err:
+            if index_stamp(path) == stamp:
+                missing = err.filename or str(err)
+                raise ValueError(
+                    f"{missing} is missing; the index is damaged. Rebuild it "
+                    "(tldr-jax index ... --overwrite)."
+                ) from None
+    raise ValueError(
+        f"the index {path} was replaced {OPEN_ATTEMPTS} times while it was being opened; try again."
+    )
+
+
 class VideoIndex:
     """A loaded index (:func:`load_index`, :func:`~tldr_jax.search.build.build_index`); search it with
     :func:`tldr_jax.search.search`.
+
+    It reads one generation of the index (:attr:`generation`) and holds a reader lock on it until
+    :meth:`close` (or garbage collection), so re-indexing meanwhile never removes what it reads. A
+    long-running reader (a server) asks :meth:`changed` and switches with :meth:`reload`.
 
     Attributes:
       path: the index directory. info: the parsed ``index.json``. entries: one :class:`IndexEntry` per row.
@@ -124,18 +221,19 @@ class VideoIndex:
       build: the :class:`~tldr_jax.search.build.BuildReport` when returned by ``build_index``.
     """
 
-    def __init__(self, path: Path, info: dict[str, Any], model: RetrievalModel | None):
+    def __init__(self, path: Path, generation: _Generation, model: RetrievalModel | None,
+                 fingerprint: str | None = None):
         self.path = path
-        self.info = info
-        self.entries = [IndexEntry.from_json(e) for e in info["entries"]]
-        data = path / info["data"]
-        self.vectors: np.ndarray = np.load(data / VECTORS_FILE, mmap_mode="r")
-        self.tokens: np.ndarray | None = (
-            np.load(data / TOKENS_FILE, mmap_mode="r") if info["settings"]["keep_tokens"] else None
-        )
+        self.info = generation.info
+        self.entries = [IndexEntry.from_json(e) for e in self.info["entries"]]
+        self.vectors: np.ndarray = generation.vectors
+        self.tokens: np.ndarray | None = generation.tokens
         self.model = model
         self.build: BuildReport | None = None  # set by build_index
-        self._hnsw: Any = None
+        self._hnsw = generation.hnsw
+        self._stamp = generation.stamp
+        self._fingerprint = fingerprint
+        self._release = weakref.finalize(self, generation.lock.close)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -149,6 +247,46 @@ class VideoIndex:
             f"{'approximate' if self.approximate else 'exact'} search)"
         )
 
+    def __enter__(self) -> VideoIndex:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the reader lock (the arrays stay readable here; a later build may remove the files)."""
+        self._release()
+
+    @property
+    def generation(self) -> str:
+        """The data directory this object reads (``data-<id>``; a new one after each changing build)."""
+        return str(self.info["data"])
+
+    def changed(self) -> bool:
+        """Whether the index on disk is no longer the generation read here (a cheap ``stat``)."""
+        return index_stamp(self.path) != self._stamp
+
+    def reload(self) -> VideoIndex:
+        """The current generation of the index, opened with this object's model (not loaded again); this
+        object stays usable until closed. ``if index.changed(): index = index.reload()``."""
+        return _open_index(self.path, self.model if self.model is not None else False, self._fingerprint)
+
+    def video_path(self, row: int) -> Path:
+        """The file of row ``row`` (e.g. to play a hit): its recorded path, when it lies inside the
+        collection root the index records; ``ValueError`` otherwise (such a path is shown, never opened)."""
+        entry = self.entries[row]
+        root = self.info.get("root")
+        path = os.path.normpath(entry.path)
+        inside = root is not None and os.path.isabs(path) and path.startswith(
+            os.path.normpath(root).rstrip(os.sep) + os.sep
+        )
+        if not inside:
+            raise ValueError(
+                f"entry {row} of {self.path / INDEX_FILE} records the path {entry.path!r}, which is not "
+                f"inside the collection root {root!r}; it is not opened. Rebuild the index."
+            )
+        return Path(path)
+
     @property
     def settings(self) -> dict[str, Any]:
         """What the features depend on (model fingerprint, arch, r, token counts, frames, options)."""
@@ -161,10 +299,7 @@ class VideoIndex:
 
     @property
     def hnsw(self) -> Any:
-        """The ``usearch.Index`` (HNSW, metric ``ip``), memory-mapped on first use; None for exact indexes."""
-        if self.approximate and self._hnsw is None:
-            self._hnsw = Index.restore(str(self.path / self.info["data"] / HNSW_FILE), view=True)
-            self._hnsw.expansion_search = HNSW_EXPANSION_SEARCH
+        """The ``usearch.Index`` (HNSW, metric ``ip``, memory-mapped); None for exact indexes."""
         return self._hnsw
 
     def sizes(self) -> dict[str, int]:
@@ -220,8 +355,7 @@ def read_info(path: PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{f} has format {info.get('format')!r}; this tldr_jax reads {FORMAT_VERSION}. Rebuild the index."
         )
-    if not (p / info["data"] / VECTORS_FILE).is_file():
-        raise ValueError(f"{p / info['data']} is missing; the index is damaged. Rebuild it.")
+    check_info(info, f)
     return info
 
 
@@ -248,22 +382,44 @@ def load_index(path: PathLike, model: Any = None) -> VideoIndex:
         ``ValueError`` otherwise). ``False``: open without a model (vectors and metadata only).
 
     Returns:
-      :class:`VideoIndex`.
+      :class:`VideoIndex`, holding a reader lock on the generation it read until closed.
+
+    Raises:
+      FileNotFoundError: no index there. ValueError: a damaged index (one line naming the file), or one
+        built with another model.
     """
-    p = Path(path).expanduser().absolute()
-    info = read_info(p)
-    if model is False:
-        return VideoIndex(p, info, None)
-    if model is None:
-        model = info.get("model_dir")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be the index directory (a str or path); got {type(path).__name__}.")
+    return _open_index(Path(path).expanduser().absolute(), model, None)
+
+
+def _open_index(p: Path, model: Any, fingerprint: str | None) -> VideoIndex:
+    """Open the current generation, then the model, and check that they belong together."""
+    gen = open_generation(p)
+    try:
+        if model is False:
+            return VideoIndex(p, gen, None)
+        info = gen.info
         if model is None:
+            model = info.get("model_dir")
+            if model is None:
+                raise ValueError(
+                    f"the index {p} was built from a model object, not a directory; pass model=... "
+                    "(CLI: --model)."
+                )
+        loaded, _ = resolve_model(model)
+        fingerprint = fingerprint or model_fingerprint(loaded)
+        check_identity(
+            info["settings"], {**info["settings"], "model": fingerprint}, p,
+            "search it with the model it was built with, or rebuild it with this model (--overwrite).",
+        )
+        if info["dim"] != loaded.text_config.embed_dim:
             raise ValueError(
-                f"the index {p} was built from a model object, not a directory; pass model=... "
-                "(CLI: --model)."
+                f"{p / info['data'] / VECTORS_FILE}: vectors of width {info['dim']}, but the model's "
+                f"features have {loaded.text_config.embed_dim}; the index is damaged. Rebuild it "
+                "(--overwrite)."
             )
-    loaded, _ = resolve_model(model)
-    check_identity(
-        info["settings"], {**info["settings"], "model": model_fingerprint(loaded)}, p,
-        "search it with the model it was built with, or rebuild it with this model (--overwrite).",
-    )
-    return VideoIndex(p, info, loaded)
+    except BaseException:
+        gen.lock.close()
+        raise
+    return VideoIndex(p, gen, loaded, fingerprint)

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 from usearch.index import search as exact_search
 
-from tldr_jax.options import check_int
+from tldr_jax.options import PRECISIONS, check_choice, check_int
 from tldr_jax.retrieval.features import encode_texts
 from tldr_jax.retrieval.fusion import rerank as official_rerank
-from tldr_jax.search.index import VideoIndex, load_index
-from tldr_jax.text.tokenizer import pre_text
+from tldr_jax.search.index import TOKENS_FILE, VideoIndex, load_index
+from tldr_jax.text.tokenizer import check_query, shorten
 
 #: Extra candidates fetched from the vector index before the exact ITC re-sort (near-ties at the cut).
 MARGIN = 16
 
-__all__ = ["SearchHit", "candidates", "check_counts", "search"]
+__all__ = ["SearchHit", "candidates", "check_counts", "describe", "search"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +73,33 @@ def check_counts(k: Any, rerank: Any) -> tuple[int, int | None]:
             "rerank >= k."
         )
     return k, rerank
+
+
+def describe(index: VideoIndex, query: str, rerank: int | None = None) -> str:
+    """What a search does, in one line (the CLI's header): the query (shortened), the index's size and the
+    ranking, with ``rerank`` clamped to the videos there are."""
+    n = len(index)
+    videos = f"{n} video{'' if n == 1 else 's'}"
+    if rerank is None:
+        how = "ITC (cosine)"
+    elif rerank >= n:
+        how = f"ITM re-ranking of all {videos} (ITC candidates)"
+    else:
+        how = f"ITM re-ranking of the top {rerank} by ITC"
+    return f"{shorten(query)!r}: {videos}, {how}"
+
+
+def _checked_tokens(index: VideoIndex, rows: np.ndarray) -> np.ndarray:
+    """The stored tokens of ``rows``, refused (naming the file and the videos) when not finite."""
+    tokens = np.asarray(index.tokens[rows])
+    bad = ~np.isfinite(tokens).reshape(len(rows), -1).all(axis=1)
+    if bad.any():
+        video = index.entries[int(rows[int(np.argmax(bad))])].video
+        raise ValueError(
+            f"{index.path / index.generation / TOKENS_FILE}: the tokens of {video} hold NaN or inf values; "
+            "the index is damaged. Rebuild it (tldr-jax index ... --overwrite)."
+        )
+    return tokens
 
 
 def candidates(index: VideoIndex, query_feat: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,13 +155,19 @@ def search(
       class-1 logit after re-ranking (``itc`` is kept on every hit).
 
     Raises:
-      ValueError: an empty query, ``k`` / ``rerank`` below 1, ``k > rerank``, re-ranking an index without
-        tokens, an index of another model. TypeError: ``k`` / ``rerank`` not an int. FileNotFoundError: a
-        missing index.
+      ValueError: a query with nothing to search for after cleaning
+        (:func:`~tldr_jax.text.tokenizer.check_query`), ``k`` / ``rerank`` below 1, ``k > rerank``, a
+        precision not in :data:`tldr_jax.options.PRECISIONS`, re-ranking an index without tokens, an index
+        of another model or a damaged one. TypeError: a query that is not a string, ``k`` / ``rerank``
+        not an int. FileNotFoundError: a missing index.
+
+    Warns:
+      :class:`~tldr_jax.text.tokenizer.QueryTruncatedWarning`: the query holds more word pieces than
+      ``max_length`` (how many were kept).
     """
     k, rerank = check_counts(k, rerank)
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError(f"the query must be a non-empty text; got {query!r}.")
+    check_query(query, clean=clean)  # before the index and the model are opened
+    check_choice("precision", precision, PRECISIONS)
     if not isinstance(index, VideoIndex):
         index = load_index(index, model)
     if index.model is None:
@@ -147,14 +180,14 @@ def search(
     model = index.model
     if max_length is None:
         max_length = min(32, model.text_config.max_position_embeddings)
-    text = encode_texts(model, [pre_text(query) if clean else query], max_length=max_length,
-                        precision=precision)
+    cleaned = check_query(query, model, clean=clean, max_length=max_length)
+    text = encode_texts(model, [cleaned], max_length=max_length, precision=precision)
     feat = np.asarray(text.feat[0], np.float32)
     rows, itc = candidates(index, feat, rerank if rerank is not None else k)
     itm = None
     if rerank is not None:
         _, t2i, _ = official_rerank(
-            model, itc[:, None], text, np.asarray(index.tokens[rows]), len(rows), precision=precision,
+            model, itc[:, None], text, _checked_tokens(index, rows), len(rows), precision=precision,
             progress=False,
         )
         itm = t2i[0]

@@ -11,16 +11,23 @@ single-process build does (:func:`tldr_jax.search.build.build_index`).
 
 Where it runs: ``ray.init()`` is called when Ray is not running yet (``RAY_ADDRESS`` joins a cluster;
 the index directory must then be on storage every node sees). With GPUs (or TPUs) in the cluster, one
-actor per accelerator; on CPUs, ``actors`` actors (default 1) sharing the CPUs.
+actor per accelerator; on CPUs, ``actors`` actors (default 1) sharing the CPUs. A local instance started
+here keeps its session files in a temporary folder, removed when the process exits (:func:`start`);
+without ``progress`` (CLI ``-q``) Ray's own log lines and worker reports are kept off the terminal.
 
 Install: ``pip install -e ".[ray]"`` (``ray[data]``).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import logging
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,7 @@ from tldr_jax.video import Preprocessing
 #: it and exits at once (a killed worker), so that Ray's restart-and-retry path is exercised.
 FAIL_ONCE_ENV = "TLDR_JAX_RAY_FAIL_ONCE"
 
-__all__ = ["Encoder", "RaySummary", "encode"]
+__all__ = ["Encoder", "RaySummary", "encode", "quiet", "start"]
 
 
 @dataclasses.dataclass
@@ -107,6 +114,68 @@ class Encoder:
         return {"path": np.asarray(paths), "status": np.asarray(status), "error": np.asarray(error)}
 
 
+#: Loggers of Ray set to ERROR in quiet runs.
+RAY_LOGGERS: tuple[str, ...] = ("ray", "ray.data", "ray.serve", "ray.train")
+
+
+def start(progress: bool) -> None:
+    """Start a local Ray instance unless Ray runs already (``RAY_ADDRESS`` joins a cluster instead). Its
+    session folder lies in a new temporary folder, removed at exit after ``ray.shutdown()``; without
+    ``progress`` only errors are logged."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
+    if not progress:
+        kwargs["logging_level"] = logging.ERROR
+    if not os.environ.get("RAY_ADDRESS"):
+        # short: Ray's socket paths inside it must stay under the 107-character limit of AF_UNIX
+        tmp = tempfile.mkdtemp(prefix="tldr-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        kwargs["_temp_dir"] = tmp
+
+        def _clean() -> None:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        atexit.register(_clean)
+    ray.init(**kwargs)
+
+
+@contextlib.contextmanager
+def quiet(on: bool) -> Iterator[None]:
+    """Within the block, with ``on``: Ray's loggers at ERROR, Ray Data's progress bars and execution
+    reports off, and the worker reports Ray prints on the driver (e.g. a worker that died and was
+    restarted, which the build recovers from) dropped. Everything is restored afterwards."""
+    if not on:
+        yield
+        return
+    import ray._private.worker as ray_worker
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved_ctx = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start",
+                                               "enable_auto_log_stats", "verbose_stats_logs")}
+    loggers = {name: logging.getLogger(name).level for name in RAY_LOGGERS}
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    try:
+        for k in saved_ctx:
+            setattr(ctx, k, False)
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if printer is not None:  # the driver's copy of worker errors (Ray's own thread calls it by name)
+            ray_worker.print_to_stdstream = lambda data, **kw: None
+        yield
+    finally:
+        for k, v in saved_ctx.items():
+            setattr(ctx, k, v)
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
+        if printer is not None:
+            ray_worker.print_to_stdstream = printer
+
+
 def _accelerators() -> tuple[str | None, int]:
     """The accelerator resource of the cluster (``"GPU"`` / ``"TPU"``) and its count, or (None, 0)."""
     import ray  # optional (the [ray] extra): only a Ray build gets here
@@ -145,9 +214,20 @@ def encode(
             "(or pip install 'ray[data]')."
         ) from None
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = bool(progress)
+    start(progress)
+    with quiet(not progress):
+        return _run(ray, files, cache, names, actors, batch_size, progress, dict(
+            model_dir=str(model_dir), cache=str(cache), r=r, preprocessing=preprocessing,
+            batch_size=batch_size, keep_tokens=keep_tokens, options=dict(options),
+            fail_once=os.environ.get(FAIL_ONCE_ENV),
+        ))
+
+
+def _run(
+    ray: Any, files: Sequence[Path], cache: Path, names: dict[str, str], actors: int | None,
+    batch_size: int, progress: bool, encoder_kwargs: dict[str, Any],
+) -> RaySummary:
+    """The ``ray.data`` pipeline of :func:`encode` (Ray started), gathered into a :class:`RaySummary`."""
     kind, count = _accelerators()
     summary = RaySummary()
     resources: dict[str, Any] = {}
@@ -168,11 +248,7 @@ def encode(
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=summary.actors),
-        fn_constructor_kwargs=dict(
-            model_dir=str(model_dir), cache=str(cache), r=r, preprocessing=preprocessing,
-            batch_size=batch_size, keep_tokens=keep_tokens, options=dict(options),
-            fail_once=os.environ.get(FAIL_ONCE_ENV),
-        ),
+        fn_constructor_kwargs=encoder_kwargs,
         **resources,
     )
     Path(cache).mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ from tokenizers.processors import TemplateProcessing
 
 if TYPE_CHECKING:  # the tokenizer itself needs no JAX; only the type of check_vocab's config
     from tldr_jax.text.bert import TextConfig
+
+#: Characters of a query shown in headers and messages (:func:`shorten`).
+SHOWN_QUERY_CHARS = 60
 
 #: The BERT special tokens a vocabulary must hold.
 REQUIRED_SPECIALS = ("[CLS]", "[PAD]", "[UNK]")
@@ -145,9 +149,9 @@ def vocabulary_of(source: Any) -> Vocabulary:
 
 
 @functools.lru_cache(maxsize=8)
-def _tokenizer(vocab: Vocabulary, max_length: int) -> Any:
+def _tokenizer(vocab: Vocabulary, max_length: int | None) -> Any:
     """A ``tokenizers.Tokenizer`` (lower-case, strip accents, ``[CLS] $A``, truncate, pad) per vocabulary
-    and length."""
+    and length (``None``: neither truncated nor padded, to count word pieces)."""
     table = {t: i for i, t in enumerate(vocab.tokens)}
     tok = BertWordPieceTokenizer(
         table,
@@ -163,8 +167,9 @@ def _tokenizer(vocab: Vocabulary, max_length: int) -> Any:
         wordpieces_prefix="##",
     )
     tok.post_processor = TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", table["[CLS]"])])
-    tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(length=max_length, pad_id=table["[PAD]"], pad_token="[PAD]")
+    if max_length is not None:
+        tok.enable_truncation(max_length=max_length)
+        tok.enable_padding(length=max_length, pad_id=table["[PAD]"], pad_token="[PAD]")
     return tok
 
 
@@ -209,6 +214,65 @@ def tokenize(source: Any, texts: str | Sequence[str], max_length: int = 32) -> t
     ids = np.asarray([e.ids for e in enc], np.int32)
     mask = np.asarray([e.attention_mask for e in enc], np.int32)
     return ids, mask
+
+
+class QueryTruncatedWarning(UserWarning):
+    """A query holds more word pieces than the text tower reads; the first ones were kept."""
+
+
+def shorten(text: str, width: int = SHOWN_QUERY_CHARS) -> str:
+    """``text`` as shown in headers and messages: at most ``width`` characters, then ``...`` and its
+    length."""
+    return text if len(text) <= width else f"{text[:width]}... ({len(text)} characters)"
+
+
+def check_query(query: Any, source: Any = None, *, clean: bool = True, max_length: int | None = None) -> str:
+    """The text of a search query as it will be tokenised; one-line errors for a query that cannot be
+    searched (the same for ``search()``, ``tldr-jax search`` and ``tldr-jax retrieve --query``).
+
+    Args:
+      query: the query as typed.
+      source: a :class:`Vocabulary` or a model carrying one; None checks the text only (before a model is
+        loaded).
+      clean: apply the official caption cleaning (:func:`pre_text`) first; False keeps the text as written.
+      max_length: with ``source``, the tokens the text tower reads (``[CLS]`` included): a longer query
+        warns (:class:`QueryTruncatedWarning`) how many word pieces were kept.
+
+    Returns:
+      the cleaned query (``pre_text(query)``, or ``query`` when ``clean`` is False).
+
+    Raises:
+      TypeError: ``query`` is not a string (search one text per call).
+      ValueError: nothing searchable is left after cleaning (``""``, ``"!!!"``), or with ``source`` every
+        word piece is ``[UNK]`` (emoji only).
+    """
+    if not isinstance(query, str):
+        raise TypeError(
+            f"the query must be a string; got {type(query).__name__} ({shorten(repr(query))}). Search one "
+            "text per call."
+        )
+    text = pre_text(query) if clean else query
+    how = "after the official caption cleaning (lower-case, punctuation removed)" if clean else "as written"
+    if not text.strip():
+        raise ValueError(f"the query {shorten(query)!r} is empty {how}: nothing to search for; give words.")
+    if source is None:
+        return text
+    vocab = vocabulary_of(source)
+    pieces = _tokenizer(vocab, None).encode(text).ids[1:]  # [CLS] dropped
+    if all(i == vocab.id_of("[UNK]") for i in pieces):
+        raise ValueError(
+            f"the query {shorten(query)!r} holds no word the model's vocabulary knows {how} (every piece "
+            "is [UNK]): nothing to search for; give words."
+        )
+    if max_length is not None:
+        n = _check_length(source, max_length)
+        if len(pieces) > n - 1:
+            warnings.warn(
+                f"the query {shorten(query)!r} has {len(pieces)} word pieces; the text tower reads {n} "
+                f"tokens ([CLS] included), so the first {n - 1} were kept ({len(pieces) - n + 1} dropped).",
+                QueryTruncatedWarning, stacklevel=2,
+            )
+    return text
 
 
 def decode_pieces(source: Any, ids: np.ndarray) -> list[str]:
