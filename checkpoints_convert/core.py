@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from checkpoints_convert import formats, readers
+from checkpoints_convert import recorded as rec_mod
 from checkpoints_convert.common import (
     file_records,
     ignore_rules,
@@ -51,6 +52,7 @@ class Conversion:
       dropped: drop-group description -> dropped source keys.
       notes: other things the conversion decided (verified/synthesised entries, ...).
       out: the checkpoint directory written, when converting to disk.
+      assumed: the sizes no flag and no file recorded (``"12 heads"``), named by the summary.
     """
 
     params: Params
@@ -60,6 +62,7 @@ class Conversion:
     dropped: dict[str, list[str]]
     notes: list[str]
     out: Path | None = None
+    assumed: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         """One line: source, format, architecture, size and destination."""
@@ -81,12 +84,20 @@ class Conversion:
         dest = f" -> {self.out}" if self.out is not None else ""
         return (
             f"converted {self.origin} ({self.format}, {self.num_tensors} tensors, {n_dropped} dropped)"
-            f"{dest}: {cfg.name} [{', '.join(parts)}]"
+            f"{dest}: {cfg.name} [{', '.join(parts)}]{assumed_text(self.assumed)}"
         )
 
     def report_lines(self) -> list[str]:
         """What was dropped and decided, one line each (printed unless ``verbose=False``)."""
         return report_lines(self.dropped, self.notes)
+
+
+def assumed_text(assumed: list[str]) -> str:
+    """The summary's words for the sizes nothing recorded (empty when every size was given)."""
+    if not assumed:
+        return ""
+    return (f"; assumed (recorded nowhere): {', '.join(assumed)}: pass --num-heads / --num-frames / "
+            "--img-size if the model differs")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,8 +285,13 @@ def convert_state_dict_detailed(
     config_overrides: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     verbose: bool = True,
+    recorded: rec_mod.Recorded | None = None,
 ) -> Conversion:
-    """Like :func:`convert_state_dict`, returning a :class:`Conversion` (params, drops, notes)."""
+    """Like :func:`convert_state_dict`, returning a :class:`Conversion` (params, drops, notes).
+
+    ``recorded``: the sizes recorded with the weights (:mod:`checkpoints_convert.recorded`; default: those
+    of the ``config`` entry beside the weights in ``state_dict``, if any) are the defaults of
+    ``num_heads`` / ``num_frames`` / ``img_size``; an option that contradicts one is refused."""
     hf = _as_dict(hf_config)
     raw = formats.unwrap_state_dict(state_dict, origin)
     name = formats.detect_format(raw.keys(), hf) if fmt == "auto" else fmt
@@ -284,11 +300,14 @@ def convert_state_dict_detailed(
     spec = formats.FORMATS[name]
     names = formats.normalise_keys(spec, raw.keys(), origin)
     state = {k: raw[orig] for k, orig in names.items()}
+    if recorded is None:
+        config = state_dict.get("config") if isinstance(state_dict, Mapping) else None
+        recorded = rec_mod.read_recorded(config, origin=origin)
+    sizes = rec_mod.fill_options({"num_heads": num_heads, "num_frames": num_frames, "img_size": img_size},
+                                 recorded)
     opts = formats.Options(
         arch=arch,
-        num_heads=num_heads,
-        num_frames=num_frames,
-        img_size=img_size,
+        **sizes,
         num_classes=num_classes,
         ckpt_num_frames=ckpt_num_frames,
         config_overrides=tuple((config_overrides or {}).items()),
@@ -297,11 +316,12 @@ def convert_state_dict_detailed(
     pos = _sincos_deviation(name, state, user_drops, origin)
     stored_pos = pos is not None and not pos[1] <= SINCOS_ATOL  # NaN counts as stored
     cfg, labels = formats.infer_config(spec, state, hf, opts, origin, stored_pos_embed=stored_pos)
+    rec_mod.check_weights(cfg, recorded)
     drops = user_drops + _head_rules(spec, state, opts)
     if pos is not None and not stored_pos:
         drops.append(SINCOS_POS_EMBED)
     mapped = _apply(spec, state, names, drops, progress)
-    notes = _pos_embed_notes(*pos, cfg) if pos is not None else []
+    notes = [*recorded.notes(), *(_pos_embed_notes(*pos, cfg) if pos is not None else [])]
     _synthesise_pool_norm(spec, state, mapped, cfg, notes)
     _check_complete(spec, mapped, cfg, names, state, origin)
     if hf is not None and cfg.num_classes and labels is None:
@@ -310,10 +330,19 @@ def convert_state_dict_detailed(
     tree = unflatten_tree({p: jnp.asarray(mapped.arrays[p]) for p in order})
     dropped = {g: [names[k] for k in keys] for g, keys in mapped.dropped.items()}
     conv = Conversion(Params(tree=tree, config=cfg, labels=labels), name, origin, len(raw), dropped, notes)
+    conv.assumed = rec_mod.assumed_sizes(cfg, sizes, skip=_fixed_sizes(name, state))
     if verbose:
         for line in conv.report_lines():
             print(line)
     return conv
+
+
+def _fixed_sizes(fmt: str, state: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sizes a format's own files fix (a Hugging Face config.json; a stored VideoMAE pos_embed's
+    frame count), so that the summary does not call them assumed."""
+    if fmt.startswith("hf_"):
+        return tuple(rec_mod.UNITS)
+    return ("num_frames",) if fmt == "videomae_pth" and "pos_embed" in state else ()
 
 
 def _apply(

@@ -48,6 +48,7 @@ from checkpoints_convert.common import (
     write_output,
 )
 from checkpoints_convert.errors import ConversionError
+from checkpoints_convert.recorded import read_recorded
 from checkpoints_convert.rules import Rule, Table, layernorm, linear
 from tldr_jax.checkpoint import flatten_tree, unflatten_tree
 
@@ -137,7 +138,7 @@ class RetrievalConversion:
             f"frames @ {vc.img_size}px]; text BERT [{tc.num_layers} layers (fusion from "
             f"{tc.fusion_layer}), width "
             f"{tc.hidden_size}, {tc.num_heads} heads, vocab {tc.vocab_size}]; ITC dim {tc.embed_dim}; "
-            f"{self.model.num_params() / 1e6:.2f}M params"
+            f"{self.model.num_params() / 1e6:.2f}M params{core.assumed_text(self.vision.assumed)}"
         )
 
     def report_lines(self) -> list[str]:
@@ -386,8 +387,11 @@ def convert_retrieval_state_dict(
     if unmatched:
         raise ConversionError(f"--ignore {unmatched[0]!r} matches no key of {origin}; check the pattern.")
     user = ignore_rules(text_ignore, names, origin)
+    config = state_dict.get("config") if isinstance(state_dict, Mapping) else None
+    recorded = read_recorded(config, text_config, origin=origin)  # the sizes' defaults (heads, frames, px)
     vision = core.convert_state_dict_detailed(
-        vision_state, "umt", origin=origin, ignore=vision_ignore, verbose=False, **vision_options
+        vision_state, "umt", origin=origin, ignore=vision_ignore, verbose=False, recorded=recorded,
+        **vision_options,
     )
     tree, tcfg, dropped, notes = _text_side(text_state, names, text_config, origin, user)
     vcfg = vision.params.config

@@ -83,8 +83,9 @@ def interrupt(argv: list[str], marker: str, sig: int, delay: float) -> tuple[int
 def assert_one_line(code: int, err: str, command: str, sig: int) -> None:
     name = signal.Signals(sig).name
     assert code == 128 + sig, (code, err[-3000:])
-    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("tldr-jax")]
-    assert lines == [lines[-1]] and lines[-1].startswith(f"tldr-jax {command}: interrupted ({name})"), err
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
+    assert lines[-1].startswith(f"tldr-jax {command}: interrupted ({name})"), err[-3000:]
+    assert sum("interrupted" in x for x in lines) == 1, err[-3000:]
     assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
 
 

@@ -50,7 +50,7 @@ def test_one_question_prints_the_ranked_answers(qa_model_dir, data, capsys):
 def test_a_data_set_is_evaluated_with_and_without_merging_as_the_official_code(
     qa_model_dir, data, qa_gold, tmp_path, capsys
 ):
-    out = tmp_path / "res" / "qa.json"
+    out = tmp_path / "qa.json"
     argv = [
         "qa",
         "--model",
@@ -158,3 +158,8 @@ def test_every_bad_input_is_one_line_and_nothing_is_written(qa_model_dir, data, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_vision_commands_run_the_encoder_of_a_qa_directory(qa_model_dir, capsys):
+    assert main(["run", "--model", str(qa_model_dir), "--r", "0", "-q"]) == 0
+    assert "the vision encoder of a QA model" in capsys.readouterr().out

@@ -294,3 +294,107 @@ def test_random_models_and_casting(model):
         assert all(x.dtype == np.float64 for x in leaves)
     with pytest.raises(ValueError, match="encoder_width"):
         R.init(0, "umt_b16", text_config=TEXT, **{**VISION, "embed_dim": 32})
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes recorded with the weights (issue 28): the training config a fine-tuned file carries and a
+# --text-config that records vision sizes are the defaults; a contradicting flag is refused.
+# --------------------------------------------------------------------------------------------------
+
+SIZES = {"encoder_num_heads": 2, "num_frames": 4, "img_size": 32, "tubelet_size": 1, "patch_size": 16}
+
+
+def wrapped(official, config=None):
+    return {"model": as_torch(official), **({"config": config} if config is not None else {})}
+
+
+def test_training_config_sizes_are_the_defaults(model, official):
+    config = {"model": {"vision_encoder": {**SIZES, "vidTLDR_r": [6, 4, 2]}}}
+    got = conv.convert_retrieval_state_dict(wrapped(official, config), vocab=model.vocab, text_config=BERT,
+                                            verbose=False)
+    vc = got.params.vision.config
+    assert (vc.num_heads, vc.num_frames, vc.img_size) == (2, 4, 32)
+    assert_same_model(got.params, model)
+    assert "assumed" not in got.summary()
+    assert any("config.model.vision_encoder.encoder_num_heads" in n for n in got.notes)
+    assert any("vidTLDR_r=[6, 4, 2]" in n for n in got.notes)
+
+
+def test_text_config_vision_sizes_are_the_defaults(model, official):
+    bert = {**BERT, "num_frames": 4, "img_size": 32,
+            "vision_encoder": {"encoder_num_heads": 2, "num_frames": 4}}
+    got = conv.convert_retrieval_state_dict(wrapped(official), vocab=model.vocab, text_config=bert,
+                                            verbose=False)
+    vc = got.params.vision.config
+    assert (vc.num_heads, vc.num_frames, vc.img_size) == (2, 4, 32)
+    assert "assumed" not in got.summary()
+
+
+@pytest.mark.parametrize(
+    "config, bert, flags, message",
+    [
+        ({"model": {"vision_encoder": SIZES}}, BERT, {"num_heads": 1},
+         "--num-heads 1 contradicts the 2 recorded in config.model.vision_encoder.encoder_num_heads of "
+         "<state dict>"),
+        (None, {**BERT, "img_size": 32}, {"img_size": 224}, "--img-size 224 contradicts the 32 recorded in "
+         "--text-config.img_size"),
+        ({"model": {"vision_encoder": {"num_frames": 4}}}, {**BERT, "num_frames": 8}, {}, "disagree"),
+        ({"model": {"vision_encoder": {**SIZES, "tubelet_size": 2}}}, BERT, {},
+         "records tubelet_size 2 but the weights have 1"),
+    ],
+    ids=["flag-vs-training-config", "flag-vs-text-config", "files-disagree", "tubelet-vs-weights"],
+)
+def test_contradicting_sizes_are_refused(model, official, config, bert, flags, message):
+    with pytest.raises(ConversionError, match=re_escape(message)) as err:
+        conv.convert_retrieval_state_dict(wrapped(official, config), vocab=model.vocab, text_config=bert,
+                                          verbose=False, **flags)
+    assert "\n" not in str(err.value)
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+def test_unrecorded_sizes_are_named_as_assumed(model, official):
+    got = conv.convert_retrieval_state_dict(wrapped(official), vocab=model.vocab, text_config=BERT,
+                                            verbose=False, num_heads=2)
+    summary = got.summary()
+    assert "assumed (recorded nowhere): 12 frames, 224 px" in summary and "heads," not in summary.split(
+        "assumed")[1]
+    got = convert_sd(official, model)  # every size given: nothing assumed
+    assert "assumed" not in got.summary()
+
+
+def test_vision_only_conversion_reads_the_training_config(official):
+    from checkpoints_convert import core
+
+    vision = {k: v for k, v in official.items() if not conv.TEXT_KEYS.match(k)}
+    config = {"model": {"vision_encoder": SIZES}}
+    got = core.convert_state_dict_detailed(wrapped(vision, config), "umt", verbose=False)
+    cfg = got.params.config
+    assert (cfg.num_heads, cfg.num_frames, cfg.img_size) == (2, 4, 32)
+    assert "assumed" not in got.summary()
+    with pytest.raises(ConversionError, match="--num-frames 8 contradicts the 4 recorded"):
+        core.convert_state_dict_detailed(wrapped(vision, config), "umt", verbose=False, num_frames=8)
+    bare = core.convert_state_dict_detailed(wrapped(vision), "umt", verbose=False)
+    assert "assumed (recorded nowhere): 1 heads, 12 frames, 224 px" in bare.summary()
+
+
+def test_command_line_refuses_a_flag_against_the_text_config(files, tmp_path, capsys):
+    bert = tmp_path / "config_bert.json"
+    bert.write_text(json.dumps({**BERT, "encoder_num_heads": 2, "num_frames": 4, "img_size": 32}))
+    out = tmp_path / "converted"
+    argv = [str(files / "ret_finetuned.pth"), str(out), "--vocab", str(files / "vocab.txt"), "--text-config",
+            str(bert)]
+    assert convert_main([*argv, "--num-frames", "12"]) == 1
+    err = capsys.readouterr().err
+    assert "--num-frames 12 contradicts the 4 recorded in --text-config.num_frames" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert convert_main(argv) == 0  # the recorded sizes, no flags
+    summary = capsys.readouterr().out
+    assert "2 heads, 4 frames @ 32px" in summary and "assumed" not in summary
+    assert convert_main([str(files / "ret_finetuned.pth"), str(tmp_path / "no" / "such" / "out"), "--vocab",
+                         str(files / "vocab.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -177,3 +177,58 @@ def test_evaluate_and_build_index_read_and_encode_files_alike_with_trimming(mode
     with pytest.raises(ValueError, match="trim_seconds must be a positive number"):
         build_index(model_dir, folder, tmp_path / "bad", r=R_SPEC, trim_seconds=0, progress=False)
 
+
+
+def test_a_symlinked_subfolder_is_followed_and_a_loop_is_not(model_dir, tmp_path):
+    folder = tmp_path / "videos"
+    write_clips(folder, n=2)
+    elsewhere = tmp_path / "elsewhere"
+    write_clips(elsewhere, n=1, seed=5)
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "loop").symlink_to(".", target_is_directory=True)
+    (folder / "sub" / "up").symlink_to("..", target_is_directory=True)
+    idx = build_index(model_dir, folder, tmp_path / "idx", r=R_SPEC, batch_size=2, progress=False)
+    assert [e.video for e in idx.entries] == ["clip0.npy", "linked/sub/clip0.npy", "sub/clip1.npy"]
+    assert idx.video_path(1) == folder / "linked" / "sub" / "clip0.npy"
+    idx.close()
+
+
+def test_the_build_summary_counts_in_words():
+    from tldr_jax.search.build import BuildReport
+
+    one = BuildReport(computed=["a"], seconds=2.0, encode_seconds=0.5)
+    assert one.summary(1) == ("1 video (1 encoded, 0 reused, 0 skipped) in 2.0 s; 2.00 videos/s encoding "
+                              "(engine local)")
+    reused = BuildReport(reused=["a", "b"], seconds=0.3)
+    assert reused.summary(2) == (
+        "2 videos (0 encoded, 2 reused, 0 skipped) in 0.3 s; nothing to encode: all 2 reused (engine local)"
+    )
+    skipped = BuildReport(reused=["a"], failed={"b": "broken"}, seconds=0.3).summary(1)
+    assert "videos/s" not in skipped and skipped.endswith("nothing to encode (engine local)")
+
+
+def test_a_read_only_index_is_one_line_for_a_build_and_searchable(model_dir, clips, tmp_path, monkeypatch):
+    """Writing needs the writer lock, the first file a build creates: a read-only index (or file system)
+    fails there with one line; reading opens nothing for writing. (Simulated: the tests run as root,
+    whom permissions do not stop.)"""
+    import errno
+    import os
+
+    from tldr_jax.search import locks
+
+    out = tmp_path / "idx"
+    build_index(model_dir, clips, out, r=R_SPEC, batch_size=4, progress=False).close()
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kw):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(locks.os, "open", read_only)
+    with pytest.raises(PermissionError, match="cannot be written \\(Read-only file system\\); index into a "
+                                              "writable path") as err:
+        build_index(model_dir, clips, out, r=R_SPEC, batch_size=4, progress=False)
+    assert "[Errno" not in str(err.value) and "\n" not in str(err.value)
+    with load_index(out) as idx:
+        assert len(search(idx, QUERIES[0], k=2, max_length=16)) == 2

@@ -50,6 +50,8 @@ def test_cli_index_then_search(model_dir, clips, index, tmp_path, capsys):
         (["search", "{plain}", "w1", "--rerank", "3", "--k", "2"], "holds no video tokens"),
         (["search", "{plain}", "w1", "--k", "0"], "expected a positive integer"),
         (["search", "{plain}", "w1", "--k", "5", "--rerank", "2"], "exceeds --rerank"),
+        (["search", "{plain}", "!!!"], "is empty after the official caption cleaning"),
+        (["search", "{plain}", "🙂"], "every piece is [UNK]"),
         (["index", "{empty}", "--model", "{model}", "--out", "{new}"], "no video or .npy files"),
         (["index", "{clips}", "--model", "{clips}", "--out", "{new}"], "not a retrieval model"),
         (["index", "{clips}", "--model", "{model}", "--out", "{plain}", "--r", "5,4,2"], "another model"),
@@ -69,3 +71,20 @@ def test_cli_bad_input_is_one_line_exit_2(model_dir, clips, plain_index, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and match in err[0], err
     assert not (tmp_path / "new" / "index.json").exists()
+
+
+def test_cli_query_errors_and_headers_match_the_python_api(plain_index, tmp_path, capsys):
+    from tldr_jax.search import load_index
+    from tldr_jax.search.query import describe
+
+    for query in ("!!!", "🙂🐶"):
+        with pytest.raises(ValueError) as err:
+            search(plain_index, query)
+        assert cli_main(["search", str(plain_index), query]) == 2
+        assert capsys.readouterr().err.strip() == f"tldr-jax search: error: {err.value}"
+    long = " ".join(["w1", "w2"] * 30)
+    assert cli_main(["search", str(plain_index), long, "--k", "2", "--max-length", "16"]) == 0
+    out, err = capsys.readouterr()
+    with load_index(plain_index) as idx:
+        assert out.splitlines()[0] == f"query   {describe(idx, long)}" and "(179 characters)" in out
+    assert "tldr-jax: warning: the query" in err and "first 15 were kept (45 dropped)" in err

@@ -62,3 +62,35 @@ def test_ray_index_equals_single_process_and_survives_a_killed_worker(local_ray,
         a = search(on_ray, query, k=4, rerank=4, max_length=16)
         b = search(local, query, k=4, rerank=4, max_length=16)
         assert [h.video for h in a] == [h.video for h in b]
+
+
+def test_cli_ray_build_with_q_is_quiet_and_leaves_no_session_folder(tmp_path):
+    """``tldr-jax index --engine ray -q`` in its own process (its own Ray instance), with a worker killed
+    on the way: stdout holds the three summary lines, stderr nothing, and Ray's session folder (a
+    temporary folder of its own) is gone when the process has exited."""
+    import glob
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    model_dir = tmp_path / "model"
+    R.save(tiny_model(), model_dir)
+    folder = tmp_path / "videos"
+    write_clips(folder, n=3)
+    pattern = os.path.join(tempfile.gettempdir(), "tldr-ray-*")
+    before = set(glob.glob(pattern))
+    env = {**os.environ, FAIL_ONCE_ENV: str(tmp_path / "killed.txt")}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "tldr_jax.cli", "index", str(folder), "--model", str(model_dir), "--out",
+         str(tmp_path / "idx"), "--r", "6,4,2", "--batch-size", "1", "--engine", "ray", "-q"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "killed.txt").exists()
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["index", "model", "disk"], run.stdout
+    assert "3 videos (3 encoded" in lines[0] or "3 videos (2 encoded, 1 reused" in lines[0], lines[0]
+    assert run.stderr.strip() == "", run.stderr
+    assert set(glob.glob(pattern)) == before

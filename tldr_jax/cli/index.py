@@ -38,6 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "where published for the model")
     p.add_argument("--batch-size", type=common.positive_int, default=8, help="videos per encoder call")
     p.add_argument("--frames", type=common.positive_int, default=None, help="frames per clip (the model's)")
+    p.add_argument("--trim-seconds", type=common.positive_float, default=None, metavar="S",
+                   help="sample only the first S seconds of each video (DiDeMo's evaluation: 30)")
     p.add_argument("--keep-tokens", action="store_true",
                    help="also store the merged video tokens (needed by search --rerank)")
     p.add_argument("--approximate", action="store_true",
@@ -69,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
     """Run ``tldr-jax index``; bad inputs raise ValueError / OSError (one line, exit status 2)."""
     from tldr_jax.search.build import build_index
 
+    if args.actors is not None and args.engine != "ray":
+        raise common.CliError(f"--actors {args.actors} needs --engine ray (the local engine runs in this "
+                              "process); add --engine ray, or drop --actors.")
     common.output_file(args.out, "--out", directory=True)  # before any model load or decode
     opts = common.apply_options(args).non_default()
     source = sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet)
@@ -77,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
     index = build_index(
         str(source.path), args.videos, args.out, r=r, batch_size=args.batch_size,
         keep_tokens=args.keep_tokens,
-        approximate=args.approximate, num_frames=args.frames, engine=args.engine, actors=args.actors,
+        approximate=args.approximate, num_frames=args.frames, trim_seconds=args.trim_seconds,
+        engine=args.engine, actors=args.actors,
         skip_unreadable=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet, **opts,
     )
     rep, s, b = index.build, index.settings, index.sizes()

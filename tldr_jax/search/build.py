@@ -398,7 +398,8 @@ def build_index(
         ``engine="ray"`` needs a directory).
       videos: a folder (searched recursively) or a list of files.
       out: the index directory (created; an existing index is updated: only new or changed files are
-        encoded, removed files are dropped).
+        encoded, removed files are dropped; nothing is rewritten when nothing changed). Searches of it
+        meanwhile keep working (:mod:`tldr_jax.search.locks`).
       r: the vid-TLDR schedule (``"msrvtt"``, a tuple, a fraction, 0 = no merging).
       batch_size: clips per encoder call (every batch padded to it: one compile).
       keep_tokens: also store the merged video tokens, needed for ITM re-ranking (``search(rerank=...)``).
@@ -424,7 +425,8 @@ def build_index(
         that is not an index. ValueError: no videos, a model that is not a retrieval model, a schedule
         that does not fit it, an existing index built with another model or settings, unreadable files.
         Nothing is written before the arguments are checked, and the previous index stays usable until
-        the new one is complete.
+        the new one is complete. IndexBusyError: another process is writing the index (its pid named;
+        one writer at a time). PermissionError: the index cannot be written (one line).
     """
     started = time.perf_counter()
     s = BuildSettings.checked(

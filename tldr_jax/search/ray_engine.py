@@ -26,7 +26,9 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,8 @@ class Encoder:
         return {"path": np.asarray(paths), "status": np.asarray(status), "error": np.asarray(error)}
 
 
+#: JAX's warning when a process forks; Ray starts its processes with fork + exec, which is safe.
+FORK_WARNING = r"os\.fork\(\) was called"
 #: Loggers of Ray set to ERROR in quiet runs.
 RAY_LOGGERS: tuple[str, ...] = ("ray", "ray.data", "ray.serve", "ray.train")
 
@@ -144,10 +148,27 @@ def start(progress: bool) -> None:
 
 
 @contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 to ``os.devnull`` for the block (C++ code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+@contextlib.contextmanager
 def quiet(on: bool) -> Iterator[None]:
     """Within the block, with ``on``: Ray's loggers at ERROR, Ray Data's progress bars and execution
-    reports off, and the worker reports Ray prints on the driver (e.g. a worker that died and was
-    restarted, which the build recovers from) dropped. Everything is restored afterwards."""
+    reports off, the worker reports Ray prints on the driver (e.g. a worker that died and was restarted,
+    which the build recovers from) dropped, and this process's standard error (where Ray's C++ core
+    logs) sent to ``os.devnull``; errors still come as exceptions. Everything is restored afterwards."""
     if not on:
         yield
         return
@@ -166,7 +187,8 @@ def quiet(on: bool) -> Iterator[None]:
             logging.getLogger(name).setLevel(logging.ERROR)
         if printer is not None:  # the driver's copy of worker errors (Ray's own thread calls it by name)
             ray_worker.print_to_stdstream = lambda data, **kw: None
-        yield
+        with _stderr_to_devnull():
+            yield
     finally:
         for k, v in saved_ctx.items():
             setattr(ctx, k, v)
@@ -214,8 +236,9 @@ def encode(
             "(or pip install 'ray[data]')."
         ) from None
 
-    start(progress)
-    with quiet(not progress):
+    with warnings.catch_warnings(), quiet(not progress):
+        warnings.filterwarnings("ignore", message=FORK_WARNING, category=RuntimeWarning)
+        start(progress)
         return _run(ray, files, cache, names, actors, batch_size, progress, dict(
             model_dir=str(model_dir), cache=str(cache), r=r, preprocessing=preprocessing,
             batch_size=batch_size, keep_tokens=keep_tokens, options=dict(options),
