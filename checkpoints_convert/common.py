@@ -22,6 +22,7 @@ REPORT_LIMIT = 20
 __all__ = [
     "REPORT_LIMIT",
     "file_records",
+    "text_model_metadata",
     "ignore_rules",
     "json_safe",
     "output_path",
@@ -122,3 +123,32 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     return str(value)
+
+
+def text_model_metadata(
+    fmt: str,
+    source: Any,
+    conv: Any,
+    options: Mapping[str, Any],
+    extra_files: Iterable[Any],
+    bert: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The provenance a multi-modal checkpoint records (``metadata["source"]``): the source format, files
+    and their sha256 (``extra_files``: the vocabulary and BERT config given as paths), the options used,
+    the BERT config, what was dropped and noted, and the training config a released file holds."""
+    used = {k: v for k, v in options.items() if v is not None and k not in ("verbose", "progress")}
+    extra = [Path(p) for p in extra_files if isinstance(p, (str, Path))]
+    record: dict[str, Any] = {
+        "converter": "checkpoints_convert",
+        "format": fmt,
+        "path": source.label,
+        "files": file_records(source.files) + file_records(extra, sizes=False),
+        "options": json_safe(used),
+        "text_config_file": json_safe(bert) if bert else None,
+        "dropped": {g: len(k) for g, k in conv.dropped.items()},
+        "notes": conv.notes,
+    }
+    cfg = source.state.get("config") if isinstance(source.state, Mapping) else None
+    if isinstance(cfg, Mapping):
+        record["training_config"] = json_safe(cfg)
+    return {"source": record}

@@ -19,7 +19,8 @@ holding the optimizer, scheduler and a pickled training config, which is read sa
 Text sizes come from the weights as for retrieval (``--text-config`` gives heads, LayerNorm epsilon and
 the activation); the decoder must have ``num_layers - fusion_layer`` layers, as the official builder
 makes it. The vision sizes the flags leave open (heads, frames, image size) are read from the training
-config when the file holds one; a flag that contradicts it is refused in one line.
+config a released file holds, or from a ``--text-config`` that records them
+(:mod:`checkpoints_convert.recorded`); a flag that contradicts them is refused in one line.
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ import numpy as np
 
 from checkpoints_convert import core, formats, readers, rules
 from checkpoints_convert.common import (
-    file_records,
     ignore_rules,
-    json_safe,
     output_path,
     report_lines,
     section,
+    text_model_metadata,
     write_output,
 )
 from checkpoints_convert.errors import ConversionError
+from checkpoints_convert.recorded import read_recorded
 from checkpoints_convert.retrieval import TEXT, _invert, _read_json, infer_text_config, read_vocab
 from checkpoints_convert.rules import Rule, Table, layernorm, linear
 from tldr_jax.checkpoint import unflatten_tree
@@ -75,13 +76,6 @@ DECODER = Table(
         ),
     ),
 )
-
-#: Training-config entries (``config["model"]["vision_encoder"]`` / top level) -> converter option.
-_TRAINING_FIELDS = {
-    "num_heads": ("encoder_num_heads",),
-    "img_size": ("img_size",),
-    "num_frames": ("num_frames",),
-}
 
 
 @dataclasses.dataclass
@@ -238,32 +232,6 @@ def _text_parts(
     return trees, tc, dropped, notes
 
 
-def _training_defaults(state: Any, options: dict[str, Any], origin: str) -> list[str]:
-    """Fill the vision options the caller left open from a stored training config; refuse contradictions."""
-    cfg = state.get("config") if isinstance(state, Mapping) else None
-    model = cfg.get("model") if isinstance(cfg, Mapping) else None
-    vision = model.get("vision_encoder") if isinstance(model, Mapping) else None
-    if not isinstance(vision, Mapping):
-        return []
-    notes = []
-    for option, (field,) in _TRAINING_FIELDS.items():
-        value = cfg.get("num_frames_test") if option == "num_frames" else None
-        value = value if isinstance(value, int) else vision.get(field)
-        if isinstance(value, bool) or not isinstance(value, int):
-            continue
-        given = options.get(option)
-        if given is not None and given != value:
-            flag = "--" + option.replace("_", "-")
-            raise ConversionError(
-                f"{flag} {given} contradicts the training config stored in {origin} ({field} = {value}); "
-                f"drop {flag} or pass {value}."
-            )
-        if given is None:
-            options[option] = value
-            notes.append(f"{option} = {value} read from the stored training config")
-    return notes
-
-
 def convert_qa_state_dict(
     state_dict: Mapping[str, Any],
     *,
@@ -286,7 +254,6 @@ def convert_qa_state_dict(
     from tldr_jax.qa.model import QAModel, check_parts
     from tldr_jax.text.tokenizer import Vocabulary, check_vocab
 
-    notes = _training_defaults(state_dict, vision_options, origin)
     raw = formats.unwrap_state_dict(state_dict, origin)
     parts = _split(raw, origin)
     hits = {
@@ -297,8 +264,11 @@ def convert_qa_state_dict(
     if unmatched:
         raise ConversionError(f"--ignore {unmatched[0]!r} matches no key of {origin}; check the pattern.")
     vision_state = {k: raw[o] for k, o in parts["vision"].items()}
+    config = state_dict.get("config") if isinstance(state_dict, Mapping) else None
+    recorded = read_recorded(config, text_config, origin=origin)  # defaults of heads, frames, image size
     vision = core.convert_state_dict_detailed(
-        vision_state, "umt", origin=origin, ignore=hits["vision"], verbose=False, **vision_options
+        vision_state, "umt", origin=origin, ignore=hits["vision"], verbose=False, recorded=recorded,
+        **vision_options,
     )
     user = {p: ignore_rules(hits[p], parts[p], origin) for p in ("question", "decoder")}
     trees, tc, dropped, text_notes = _text_parts(raw, parts, text_config, user, origin)
@@ -310,7 +280,7 @@ def convert_qa_state_dict(
     except ValueError as e:
         raise ConversionError(f"{origin}: {e}") from e
     model = QAModel(vision=vision.params, text_config=tc, vocab=vocab, **trees)
-    all_notes = [*notes, *vision.notes, *text_notes]
+    all_notes = [*vision.notes, *text_notes]
     conv = QAConversion(model, vision, {**vision.dropped, **dropped}, all_notes, origin, len(raw))
     if verbose:
         for line in conv.report_lines():
@@ -347,23 +317,7 @@ def convert_qa(
     source = readers.read_source(src)
     options.pop("fmt", None)
     conv = convert_qa_state_dict(source.state, vocab=voc, text_config=bert, origin=source.label, **options)
-    used = {k: v for k, v in options.items() if v is not None and k not in ("verbose", "progress")}
-    extra = [Path(p) for p in (vocab, text_config) if isinstance(p, (str, Path))]
-    metadata: dict[str, Any] = {
-        "source": {
-            "converter": "checkpoints_convert",
-            "format": "umt_qa",
-            "path": source.label,
-            "files": file_records(source.files) + file_records(extra, sizes=False),
-            "options": json_safe(used),
-            "text_config_file": json_safe(bert) if bert else None,
-            "dropped": {g: len(k) for g, k in conv.dropped.items()},
-            "notes": conv.notes,
-        }
-    }
-    cfg = source.state.get("config") if isinstance(source.state, Mapping) else None
-    if isinstance(cfg, Mapping):
-        metadata["source"]["training_config"] = json_safe(cfg)
+    metadata = text_model_metadata("umt_qa", source, conv, options, (vocab, text_config), bert)
     write_output(save_qa, conv.model, out_path, metadata=metadata, overwrite=overwrite)
     conv.out = out_path
     return conv

@@ -39,12 +39,11 @@ import numpy as np
 
 from checkpoints_convert import core, formats, readers, rules
 from checkpoints_convert.common import (
-    file_records,
     ignore_rules,
-    json_safe,
     output_path,
     report_lines,
     section,
+    text_model_metadata,
     write_output,
 )
 from checkpoints_convert.errors import ConversionError
@@ -454,24 +453,7 @@ def convert_retrieval(
     conv = convert_retrieval_state_dict(
         source.state, vocab=voc, text_config=bert, origin=source.label, **options
     )
-    used = {k: v for k, v in options.items() if v is not None and k not in ("verbose", "progress")}
-    extra = [Path(p) for p in (vocab, text_config) if isinstance(p, (str, Path))]
-    files = file_records(source.files) + file_records(extra, sizes=False)
-    metadata = {
-        "source": {
-            "converter": "checkpoints_convert",
-            "format": "umt_retrieval",
-            "path": source.label,
-            "files": files,
-            "options": json_safe(used),
-            "text_config_file": json_safe(bert) if bert else None,
-            "dropped": {g: len(k) for g, k in conv.dropped.items()},
-            "notes": conv.notes,
-        }
-    }
-    cfg = source.state.get("config") if isinstance(source.state, Mapping) else None
-    if isinstance(cfg, Mapping):
-        metadata["source"]["training_config"] = json_safe(cfg)
+    metadata = text_model_metadata("umt_retrieval", source, conv, options, (vocab, text_config), bert)
     write_output(save_retrieval, conv.model, out_path, metadata=metadata, overwrite=overwrite)
     conv.out = out_path
     return conv

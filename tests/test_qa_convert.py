@@ -123,8 +123,8 @@ MAKE_RELEASED = textwrap.dedent("""
                 "        super().__setitem__(name, value)\\n")
     from utils.easydict import EasyDict
     sd = torch.load(sys.argv[2], weights_only=True)["model"]
-    config = EasyDict({"model": {"vision_encoder": {"encoder_num_heads": 2, "img_size": 32, "num_frames": 8}},
-                       "num_frames_test": 4, "max_q_len": 25})
+    config = EasyDict({"model": {"vision_encoder": {"encoder_num_heads": 2, "img_size": 32, "num_frames": 4}},
+                       "max_q_len": 25})
     torch.save({"model": sd, "optimizer": {"state": {}}, "scheduler": {}, "config": config, "epoch": 5},
                os.path.join(out, "qa_finetuned.pth"))
 """)
@@ -155,7 +155,7 @@ def test_command_line_reads_the_vision_sizes_from_the_stored_training_config(
     ]
     assert convert_main(base) == 0
     printed = capsys.readouterr().out
-    assert "umt_qa" in printed and "num_heads = 2 read from the stored training config" in printed
+    assert "umt_qa" in printed and "num_heads=2 (config.model.vision_encoder.encoder_num_heads" in printed
     loaded = tldr_jax.load(out)
     assert (loaded.vision.config.num_heads, loaded.vision.config.num_frames) == (2, 4)
     assert leaves_equal(loaded, qa_model)
@@ -163,7 +163,7 @@ def test_command_line_reads_the_vision_sizes_from_the_stored_training_config(
     bad = tmp_path / "bad"
     assert convert_main([*base[:1], str(bad), *base[2:], "--num-frames", "8"]) == 1
     err = capsys.readouterr().err
-    assert "--num-frames 8 contradicts the training config" in err and len(err.strip().splitlines()) == 1
+    assert "--num-frames 8 contradicts the 4 recorded" in err and len(err.strip().splitlines()) == 1
     assert not bad.exists()
     assert convert_main([*base[:1], str(bad), *base[4:]]) == 1  # --vocab alone: the retrieval converter
     assert "--format umt_qa" in capsys.readouterr().err and not bad.exists()

@@ -159,3 +159,68 @@ def test_default_cache_folder_is_per_jaxlib_version(monkeypatch, tmp_path):
     monkeypatch.setattr("os.name", "posix")
     expected = tmp_path / "tldr_jax" / "xla" / f"jaxlib-{jaxlib.__version__}"
     assert compile_cache.default_cache_dir() == expected
+
+
+def test_tuned_jit_picks_the_options_per_call(monkeypatch):
+    """The text side's decorator: the forward rule at each call (gpu_tuning keyword), none under an outer
+    trace, the setting validated, one jit per option set."""
+    @xla_options.tuned_jit(static_argnames=("k",))
+    def scale(x, *, k):
+        return x * k
+
+    seen = _record_tuned(monkeypatch)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    x = jnp.arange(3.0)
+    assert jnp.array_equal(scale(x, k=2), 2 * x)
+    assert scale._cache_size() == 1
+    scale(x, k=2, gpu_tuning="tuned")
+    jax.jit(lambda v: scale(v, k=3))(x)
+    with pytest.raises(ValueError, match="gpu_tuning must be one of"):
+        scale(x, k=2, gpu_tuning="fast")
+    assert seen == [("scale", tuple(sorted(HEURISTIC.items()))), ("scale", tuple(sorted(TUNED.items()))),
+                    ("scale", ())]
+
+
+def _record_tuned(monkeypatch):
+    """Spy on :func:`xla_options.jit_for` as the text side's ``tuned_jit`` calls it: (function, options)."""
+    seen = []
+    original = xla_options.jit_for
+
+    def spy(fn, options=(), **kwargs):
+        seen.append((fn.__name__, options))
+        return original(fn, options, **kwargs)
+
+    monkeypatch.setattr(xla_options, "jit_for", spy)
+    return seen
+
+
+def test_text_side_compiles_with_the_gpu_options(monkeypatch):
+    """Retrieval text features and the ITM re-ranking compile with the rule apply uses (backend faked as a
+    GPU): the default "heuristic", or the gpu_tuning passed; the results are those of the CPU programs."""
+    import numpy as np
+
+    from tldr_jax import retrieval as R
+    from tldr_jax.retrieval.fusion import rerank
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(8)]
+    text_cfg = R.TextConfig(vocab_size=len(words), hidden_size=32, num_layers=2, num_heads=2,
+                            intermediate_size=64, max_position_embeddings=16, fusion_layer=1,
+                            encoder_width=32, embed_dim=16)
+    model = R.init(0, "umt_b16", text_config=text_cfg, vocab=words, **TINY)
+    texts = ["w1 w2 w3", "w4"]
+    tokens = np.random.default_rng(0).normal(size=(2, 5, 32)).astype(np.float32)
+    sim = np.eye(2, dtype=np.float32)
+    ref = R.encode_texts(model, texts, max_length=8)
+    ref_i2t = rerank(model, sim, ref, tokens, 1)[0]
+    seen = _record_tuned(monkeypatch)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    out = R.encode_texts(model, texts, max_length=8)
+    R.encode_texts(model, texts, max_length=8, gpu_tuning="tuned")
+    i2t = rerank(model, sim, out, tokens, 1, gpu_tuning="tuned")[0]
+    heuristic, tuned = tuple(sorted(HEURISTIC.items())), tuple(sorted(TUNED.items()))
+    assert seen == [("_encode_text", heuristic), ("_encode_text", tuned), ("_fusion_self", tuned),
+                    ("_itm_groups", tuned)]
+    monkeypatch.undo()
+    assert jnp.allclose(out.feat, ref.feat, atol=1e-6) and np.allclose(i2t, ref_i2t, atol=1e-5)

@@ -28,7 +28,7 @@ from tldr_jax.options import (
     check_dtype,
 )
 from tldr_jax.schedule import RSpec, Schedule, schedule_for
-from tldr_jax.xla_options import explain_unknown_options, forward_options
+from tldr_jax.xla_options import explain_unknown_options, forward_options, jit_for, traced
 
 Array = jax.Array
 # The option lists live in tldr_jax.options; these names stay importable from here.
@@ -274,10 +274,9 @@ def _forward(
         return jax.lax.map(lambda clip: jax.tree_util.tree_map(lambda a: a[0], run(clip[None])), video)
 
 
-@functools.cache
 def _jitted(options: tuple[tuple[str, Any], ...] = ()) -> Any:
     """:func:`_forward` under ``jax.jit`` with the XLA compiler ``options`` (one jit, and cache, per set)."""
-    return jax.jit(_forward, static_argnames=FORWARD_STATIC, compiler_options=dict(options) or None)
+    return jit_for(_forward, options, static_argnames=FORWARD_STATIC)
 
 
 def _cast_tree(tree: dict[str, Any], dtype: Any) -> dict[str, Any]:
@@ -421,15 +420,10 @@ def _program(
     validate_video(cfg, video)
     cfg = config_for_video(cfg, video)
     static = {"cfg": cfg, "sched": schedule_for(cfg, r), "per_clip": _per_clip_default(video), "opts": opts}
-    if _traced(params.tree, video):
+    if traced(params.tree, video):
         return _jitted(()), static, {}  # XLA options only on a top-level jit
     options = forward_options(opts.fast_compile, opts.gpu_tuning)
     return _jitted(tuple(sorted(options.items()))), static, options
-
-
-def _traced(*trees: Any) -> bool:
-    """Whether any leaf is a tracer (``apply`` called inside ``jax.jit``, ``grad``, ``vmap``, ...)."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
 
 
 def _per_clip_default(video: Array) -> bool:

@@ -134,6 +134,9 @@ class AttentionTuning:
       fused: where layers that need no statistic call :func:`jax.nn.dot_product_attention` (XLA may
         pick cuDNN's fused kernel): None (default) on GPUs in bfloat16 / float16 only, True always,
         False never.
+      token_bucket: None (default: off), or a prototype (issue 31): every block runs on its token count
+        padded up to a multiple of this with size-0 tokens at the end, masked out of the attention
+        (both softmaxes), the saliency, the matching and the pooling, so that layers share GEMM shapes.
 
     Raises:
       TypeError / ValueError: a field of the wrong type or out of range; the message names the field.
@@ -149,6 +152,7 @@ class AttentionTuning:
     normalise_after_values: bool = True
     key_block: int | None = None
     fused: bool | None = None
+    token_bucket: int | None = None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -156,7 +160,7 @@ class AttentionTuning:
                                ("cpu_block_rows_sharpness", 1), ("cpu_block_rows", 1)):
             value = check_int(f"{name}.{field}", getattr(self, field), minimum=minimum)
             object.__setattr__(self, field, value)
-        for field in ("cpu_head_rows", "key_block"):
+        for field in ("cpu_head_rows", "key_block", "token_bucket"):
             if getattr(self, field) is not None:
                 object.__setattr__(self, field, check_int(f"{name}.{field}", getattr(self, field), minimum=1))
         for field in ("cpu_blocking", "normalise_after_values"):

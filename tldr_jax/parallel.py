@@ -21,7 +21,6 @@ common size).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tldr_jax.api import Output, Params, apply, config_for_video, params_config, validate_video
 from tldr_jax.options import APPLY_OPTIONS, ApplyOptions
 from tldr_jax.schedule import check_schedule
-from tldr_jax.xla_options import explain_unknown_options, forward_options
+from tldr_jax.xla_options import explain_unknown_options, forward_options, jit_for
 
 Array = jax.Array
 DATA_AXIS = "data"
@@ -150,16 +149,15 @@ def _apply_positional(params: Params, video: Array, r: Any, options: tuple[tuple
     return apply(params, video, r, **dict(options))
 
 
-@functools.lru_cache(maxsize=16)
-def _sharded_apply_fn(mesh: Mesh, xla: tuple[tuple[str, Any], ...] = ()):
+def _sharded_apply_fn(mesh: Mesh, xla: tuple[tuple[str, Any], ...] = ()) -> Any:
     """``tldr_jax.apply`` jitted with params replicated and video/outputs batch-sharded on ``mesh``,
     compiled with the XLA options ``xla`` (:func:`tldr_jax.xla_options.forward_options`)."""
-    return jax.jit(
+    return jit_for(
         _apply_positional,
+        xla,
         static_argnums=(2, 3),
         in_shardings=(replicated_sharding(mesh), batch_sharding(mesh)),
         out_shardings=batch_sharding(mesh),
-        compiler_options=dict(xla) or None,
     )
 
 

@@ -17,22 +17,30 @@ would silently win over the flag, so they are dropped for it. Per-program option
 ``XLA_FLAGS`` because a library cannot set the flags reliably (XLA reads them once, and an unknown name
 aborts the process), while an unknown per-program key raises an error that :func:`unknown_option`
 turns into one line naming the key and the fix.
+
+Every program with these options is built by :func:`jit_for` (one ``jax.jit`` per function, option set
+and jit arguments): ``apply``'s forward, ``sharded_apply``, and through the :func:`tuned_jit` decorator
+the text side (retrieval text features and fusion, multiple choice, the QA question encoder and answer
+decoder), whose functions take a ``gpu_tuning`` keyword (default ``"heuristic"``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from tldr_jax.options import GPU_TUNINGS
 
 __all__ = [
     "FAST_COMPILE_XLA_CPU", "GPU_TUNINGS", "GPU_TUNING_XLA", "compiler_options", "explain_unknown_options",
-    "forward_options", "unknown_option", "user_xla_flags",
+    "forward_options", "jit_for", "traced", "tuned_jit", "unknown_option", "user_xla_flags",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: XLA options of ``apply(..., fast_compile=True)`` on CPU: the older CPU kernel emitter.
 FAST_COMPILE_XLA_CPU: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
@@ -137,3 +145,52 @@ def explain_unknown_options(options: Mapping[str, Any]) -> Iterator[None]:
         if line is None:
             raise
         raise RuntimeError(line) from None
+
+
+def traced(*trees: Any) -> bool:
+    """Whether any leaf of ``trees`` is a tracer (a call inside ``jax.jit``, ``grad``, ``vmap``, ...).
+    XLA options belong to a top-level jit only: a traced call gets none (the outer compile's apply)."""
+    import jax
+
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def jit_for(fn: Callable[..., Any], options: tuple[tuple[str, Any], ...] = (), **jit_kwargs: Any) -> Any:
+    """``jax.jit(fn, compiler_options=dict(options), **jit_kwargs)``, built once per ``(fn, options,
+    jit_kwargs)`` (so each option set keeps its own compiled programs). ``options`` is a sorted tuple
+    of items (:func:`forward_options`); ``jit_kwargs`` values must be hashable (tuples, shardings)."""
+    return _jit_cache(fn, tuple(options), tuple(sorted(jit_kwargs.items())))
+
+
+@functools.cache
+def _jit_cache(fn: Callable[..., Any], options: tuple, jit_kwargs: tuple) -> Any:
+    import jax
+
+    return jax.jit(fn, compiler_options=dict(options) or None, **dict(jit_kwargs))
+
+
+def tuned_jit(
+    *, static_argnames: tuple[str, ...] = (), static_argnums: tuple[int, ...] = ()
+) -> Callable[[F], F]:
+    """Decorator: ``fn`` under ``jax.jit`` with the XLA options of a forward compiled now
+    (:func:`forward_options`), chosen at each call from the added ``gpu_tuning`` keyword (default
+    ``"heuristic"``; on CPU / TPU nothing changes). Called under an outer trace, ``fn`` runs under a jit
+    without options; an unknown option becomes one line (:func:`explain_unknown_options`). Like a jit,
+    the result has ``_cache_size()``: the programs compiled so far, over every option set."""
+    jit_kwargs = {"static_argnames": tuple(static_argnames), "static_argnums": tuple(static_argnums)}
+
+    def decorate(fn: F) -> F:
+        used: set[tuple[tuple[str, Any], ...]] = set()
+
+        @functools.wraps(fn)
+        def call(*args: Any, gpu_tuning: str = "heuristic", **kwargs: Any) -> Any:
+            options = {} if traced(args, kwargs) else forward_options(gpu_tuning=gpu_tuning)
+            key = tuple(sorted(options.items()))
+            used.add(key)
+            with explain_unknown_options(options):
+                return jit_for(fn, key, **jit_kwargs)(*args, **kwargs)
+
+        call._cache_size = lambda: sum(jit_for(fn, key, **jit_kwargs)._cache_size() for key in used)
+        return call  # type: ignore[return-value]
+
+    return decorate

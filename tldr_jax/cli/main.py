@@ -42,6 +42,7 @@ from tldr_jax.cli import bench, convert, finetune, interrupt, retrieve, run, vis
 from tldr_jax.cli import index as index_cmd
 from tldr_jax.cli import qa as qa_cmd
 from tldr_jax.cli import search as search_cmd
+from tldr_jax.cli import serve as serve_cmd
 from tldr_jax.cli.base import PROG, CliError
 
 __all__ = ["COMMANDS", "FORWARDED", "USER_ERRORS", "build_parser", "main", "one_line"]
@@ -57,7 +58,9 @@ class _Parser(argparse.ArgumentParser):
 FORWARDED: tuple[str, ...] = ("convert", "bench")
 
 #: The command modules, in ``--help`` order: each has ``add_parser(subparsers)``.
-COMMANDS: tuple[Any, ...] = (run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd, qa_cmd)
+COMMANDS: tuple[Any, ...] = (
+    run, vis, convert, bench, finetune, retrieve, index_cmd, search_cmd, serve_cmd, qa_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from tldr_jax.configs import ArchConfig
@@ -27,7 +28,7 @@ Array = jax.Array
 #: A merge step with the signature of :func:`tldr_jax.merge.merge_step` (the benchmarks swap in variants).
 MergeFn = Callable[..., tuple[Array, Array, Any, dict[str, Any]]]
 
-__all__ = ["Block", "MergeFn", "MergeSpec", "TokenState"]
+__all__ = ["Block", "MergeFn", "MergeSpec", "TokenState", "pad_tokens"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +63,40 @@ class TokenState:
       x: ``(B, N, D)`` tokens.
       size: ``(B, N, 1)`` float32 token sizes, or None before the first merge.
       source: None, a dense ``(B, N, N0)`` map, or a :class:`~tldr_jax.merge.TokenOrigin`.
+      count: static; None, or the real tokens when padded (``AttentionTuning.token_bucket``):
+        ``x[:, :count]`` are real, the rest size-0 padding; ``source`` covers the real tokens only.
     """
 
     x: Array
     size: Array | None = None
     source: Array | TokenOrigin | None = None
+    count: int | None = struct.field(pytree_node=False, default=None)
+
+
+def pad_tokens(state: TokenState, bucket: int) -> TokenState:
+    """``state`` (unpadded) with its ``N`` tokens padded up to a multiple of ``bucket``: zero tokens of
+    size 0 at the end (``(B, N, D)`` -> ``(B, P, D)``, ``count = N``)."""
+    n = state.x.shape[1]
+    extra = -(-n // bucket) * bucket - n
+    x = jnp.pad(state.x, ((0, 0), (0, extra), (0, 0)))
+    size = None if state.size is None else jnp.pad(state.size, ((0, 0), (0, extra), (0, 0)))
+    return TokenState(x, size, state.source, n)
+
+
+def real_tokens(state: TokenState) -> TokenState:
+    """The real tokens of a padded ``state`` (``state`` itself when not padded)."""
+    if state.count is None:
+        return state
+    size = None if state.size is None else state.size[:, : state.count]
+    return TokenState(state.x[:, : state.count], size, state.source)
+
+
+def _key_mask(state: TokenState) -> np.ndarray | None:
+    """``(P,)`` additive mask: 0 on the real tokens, ``-inf`` on the padding (None without padding)."""
+    n, padded = state.count, state.x.shape[1]
+    if n is None or n == padded:
+        return None
+    return np.where(np.arange(padded) < n, 0.0, -np.inf).astype(np.float32)
 
 
 class Block(nnx.Module):
@@ -87,18 +117,31 @@ class Block(nnx.Module):
     ) -> tuple[TokenState, dict[str, Any]]:
         """``x (B, N, D)`` -> ``(B, N - spec.r, D)`` with sizes and source map; and the intermediates.
 
-        ``attention`` (static) tunes how the attention is computed, not what it computes.
+        ``attention`` (static) tunes how the attention is computed, not what it computes. A padded
+        ``state`` (``attention.token_bucket``) stays padded: ``N`` and ``N - spec.r`` are then the real
+        counts, each padded up to the bucket.
         """
-        x, size, source = state.x, state.size, state.source
+        size = state.size
         log_size = jnp.log(size[..., 0]) if spec.prop_attn and size is not None else None
-        h, stats = self.attn(self.norm1(x), log_size, spec.need, attention)
-        x = x + h
+        h, stats = self.attn(self.norm1(state.x), log_size, spec.need, attention, _key_mask(state))
+        state = state.replace(x=state.x + h)
         out: dict[str, Any] = {"attn": h, **stats}
         if spec.r:
+            real = real_tokens(state)
+            n = real.x.shape[1]  # the matching, the saliency and the merge see the real tokens only
             x, size, source, merged = merge(
-                x, spec.r, metric=stats.get("keys"), sharpness=stats.get("sharpness"), size=size,
-                source=source, protected=spec.protected, method=spec.method,
+                real.x, spec.r, metric=_first(stats.get("keys"), n),
+                sharpness=_first(stats.get("sharpness"), n), size=real.size, source=real.source,
+                protected=spec.protected, method=spec.method,
             )
             out.update(merged)
-        x = x + self.mlp(self.norm2(x))
-        return TokenState(x, size, source), out
+            state = TokenState(x, size, source)
+            if attention.token_bucket:
+                state = pad_tokens(state, attention.token_bucket)
+        x = state.x + self.mlp(self.norm2(state.x))
+        return state.replace(x=x), out
+
+
+def _first(a: Array | None, n: int) -> Array | None:
+    """The first ``n`` tokens (axis 1) of a per-token statistic, or None."""
+    return None if a is None else a[:, :n]

@@ -27,7 +27,7 @@ from flax import nnx
 
 from tldr_jax.configs import ArchConfig
 from tldr_jax.merge import identity_origin, identity_source, merge_step
-from tldr_jax.models.block import Block, MergeFn, MergeSpec, TokenState
+from tldr_jax.models.block import Block, MergeFn, MergeSpec, TokenState, pad_tokens, real_tokens
 from tldr_jax.models.layers import DEFAULT_TUNING, PatchEmbed, linear
 from tldr_jax.models.position import video_pos_table
 from tldr_jax.numerics import acc_dtype, is_low_precision
@@ -128,10 +128,13 @@ class VideoEncoder(nnx.Module):
         bsz, n0, _ = x.shape
         src = {"dense": identity_source, "origin": identity_origin}[source](bsz, n0) if source else None
         state = TokenState(x, None, src)
+        if attention.token_bucket:  # padded to buckets; the blocks keep the padding at the end
+            state = pad_tokens(state, attention.token_bucket)
         intermediates: dict[str, Any] = {"embed": x}
         for i, (block, spec) in enumerate(zip(self.blocks(), specs)):
             run = _remat(block) if remat else block
             state, intermediates[f"blocks_{i}"] = run(state, spec, merge, attention)
+        state = real_tokens(state)
         x = state.x
         tokens = self.norm(x) if self.cfg.final_norm else x
         size = state.size if state.size is not None else jnp.ones(x.shape[:2] + (1,), acc_dtype(x.dtype))

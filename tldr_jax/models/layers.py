@@ -98,6 +98,7 @@ class Attention(nnx.Module):
         log_size: Array | None = None,
         need: Need = None,
         tuning: AttentionTuning = DEFAULT_TUNING,
+        key_mask: Array | None = None,
     ) -> tuple[Array, dict[str, Array]]:
         """Attend.
 
@@ -108,6 +109,8 @@ class Attention(nnx.Module):
             *before* the size bias; ``"keys"`` returns ToMe's metric, the ``(B, N, Dh)`` keys averaged
             over heads.
           tuning: the chunk, block and kernel settings (static).
+          key_mask: ``(N,)`` additive key mask (0 or ``-inf``) on the logits of both softmaxes (padded
+            tokens, :attr:`AttentionTuning.token_bucket`), or None.
 
         Returns:
           ``(out (B, N, D), stats)``: ``stats`` holds ``"sharpness"`` or ``"keys"`` as asked (else empty).
@@ -131,9 +134,11 @@ class Attention(nnx.Module):
         block = tuning.key_block
         rows, threshold, after, per_head = chunking(tuning, need)
         if need is None and _use_fused(tuning.fused, q, rows, threshold):
-            out, sharp = fused_attention(q, k, v, bias), None
+            out, sharp = fused_attention(q, k, v, bias, key_mask=key_mask), None
         elif block is not None and q.shape[2] > block:
-            out, sharp = attend_blocked(q, k, v, bias, need_sharpness=need == "sharpness", block=block)
+            out, sharp = attend_blocked(
+                q, k, v, bias, need_sharpness=need == "sharpness", block=block, key_mask=key_mask
+            )
         else:
             out, sharp = _attend(
                 q,
@@ -145,6 +150,7 @@ class Attention(nnx.Module):
                 chunk_min_elements=threshold,
                 normalise_after=after,
                 per_head=per_head,
+                key_mask=key_mask,
             )
         stats = {"sharpness": sharp} if need == "sharpness" else {}
         if need == "keys":
@@ -183,6 +189,7 @@ def _attend(
     chunk_min_elements: int,
     normalise_after: bool = False,
     per_head: bool = False,
+    key_mask: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """Softmax attention with an optional key bias and the pre-bias vid-TLDR sharpness.
 
@@ -195,13 +202,16 @@ def _attend(
       normalise_after: in those chunks, without sharpness, compute the output with
         :func:`softmax_values` (normalised after the value product).
       per_head: in those chunks, attend one head at a time (:func:`_heads_one_by_one`).
+      key_mask: ``(N,)`` additive mask on the logits of both softmaxes, or None.
 
     Returns:
       ``(out (B, H, N, Dh), sharpness (B, N) or None)``.
     """
     bsz, heads, n, dh = q.shape
     if bsz * heads * n * n <= chunk_min_elements or query_chunk >= n:
-        return _all_heads(q, k=k, v=v, bias=bias, need_sharpness=need_sharpness, after=False)
+        return _all_heads(
+            q, k=k, v=v, bias=bias, need_sharpness=need_sharpness, after=False, key_mask=key_mask
+        )
     num = math.ceil(n / query_chunk)  # static chunk count; equal chunks, a multiple of 8 rows
     chunk = 8 * math.ceil(math.ceil(n / num) / 8)
     num = math.ceil(n / chunk)
@@ -212,7 +222,7 @@ def _attend(
     else:
         rows_of = _all_heads
     chunk_rows = functools.partial(rows_of, k=k, v=v, bias=bias, need_sharpness=need_sharpness,
-                                   after=normalise_after)
+                                   after=normalise_after, key_mask=key_mask)
     out, sharp = jax.lax.map(jax.checkpoint(chunk_rows), q_chunks)  # (num, B, H, C, Dh), (num, B, C)
     out = jnp.moveaxis(out, 0, 2).reshape(bsz, heads, num * chunk, dh)[:, :, :n]
     sharp = None if sharp is None else jnp.moveaxis(sharp, 0, 1).reshape(bsz, num * chunk)[:, :n]
@@ -220,7 +230,14 @@ def _attend(
 
 
 def _block(
-    q: Array, k: Array, v: Array, bias: Array | None, *, need_sharpness: bool, after: bool = False
+    q: Array,
+    k: Array,
+    v: Array,
+    bias: Array | None,
+    *,
+    need_sharpness: bool,
+    after: bool = False,
+    key_mask: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """One block of queries against all keys.
 
@@ -229,11 +246,14 @@ def _block(
         or None.
       need_sharpness: also return the head sum of the softmax taken *before* the bias.
       after: without sharpness, normalise after the value product (:func:`softmax_values`).
+      key_mask: ``(N,)`` additive mask added to the logits (both softmaxes), or None.
 
     Returns:
       ``(out (B, h, C, Dh) in v's dtype, (B, C, N) sum over the h heads of the pre-bias softmax, or None)``.
     """
     logits = jnp.einsum("bhnd,bhmd->bhnm", q, k, **dot_kwargs(k.dtype))  # float32 in low precision
+    if key_mask is not None:
+        logits = logits + key_mask.astype(logits.dtype)
     if after and not need_sharpness:
         return softmax_values(logits, bias, v), None
     probs = jax.nn.softmax(logits.astype(acc_dtype(logits.dtype)), axis=-1)
@@ -251,29 +271,31 @@ def _block(
 
 
 def _all_heads(
-    q: Array, *, k: Array, v: Array, bias: Array | None, need_sharpness: bool, after: bool
+    q: Array, *, k: Array, v: Array, bias: Array | None, need_sharpness: bool, after: bool,
+    key_mask: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """:func:`_block` over all heads at once, with the sharpness of the head-mean pre-bias softmax.
 
     Args:
       q: ``(B, H, C, Dh)`` scaled queries; ``k``, ``v``: ``(B, H, N, Dh)``.
-      bias, need_sharpness, after: as :func:`_block`.
+      bias, need_sharpness, after, key_mask: as :func:`_block`.
 
     Returns:
       ``(out (B, H, C, Dh), sharpness (B, C) or None)``.
     """
-    out, head_sum = _block(q, k, v, bias, need_sharpness=need_sharpness, after=after)
+    out, head_sum = _block(q, k, v, bias, need_sharpness=need_sharpness, after=after, key_mask=key_mask)
     return out, None if head_sum is None else sharpness_from_mean(head_sum / q.shape[1])
 
 
 def _heads_one_by_one(
-    q: Array, *, k: Array, v: Array, bias: Array | None, need_sharpness: bool, after: bool
+    q: Array, *, k: Array, v: Array, bias: Array | None, need_sharpness: bool, after: bool,
+    key_mask: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """:func:`_block` for each head in turn (``lax.scan``): a ``(C, N)`` block of logits at a time.
 
     Args:
       q: ``(B, H, C, Dh)`` scaled queries; ``k``, ``v``: ``(H, B, N, Dh)`` (heads first).
-      bias, need_sharpness, after: as :func:`_block`.
+      bias, need_sharpness, after, key_mask: as :func:`_block`.
 
     Returns:
       ``(out (B, H, C, Dh), sharpness (B, C) or None)``; the head mean of the pre-bias softmax is
@@ -283,7 +305,9 @@ def _heads_one_by_one(
 
     def head(total: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         qh, kh, vh = (a[:, None] for a in xs)  # (B, 1, ., Dh)
-        out, head_sum = _block(qh, kh, vh, bias, need_sharpness=need_sharpness, after=after)
+        out, head_sum = _block(
+            qh, kh, vh, bias, need_sharpness=need_sharpness, after=after, key_mask=key_mask
+        )
         return (total if head_sum is None else total + head_sum), out[:, 0]
 
     acc = acc_dtype(q.dtype)
@@ -325,12 +349,15 @@ def _use_fused(fused: bool | None, q: Array, query_chunk: int, chunk_min_element
     return is_low_precision(q.dtype) and jax.default_backend() == "gpu" and not chunked
 
 
-def fused_attention(q: Array, k: Array, v: Array, bias: Array | None) -> Array:
+def fused_attention(
+    q: Array, k: Array, v: Array, bias: Array | None, *, key_mask: Array | None = None
+) -> Array:
     """Softmax attention through :func:`jax.nn.dot_product_attention` (no statistics).
 
     Args:
       q, k, v: ``(B, H, N, Dh)``; ``q`` already scaled.
       bias: ``(B or 1, 1, 1, N)`` additive ``log(size)`` bias on the logits, or None.
+      key_mask: ``(N,)`` additive key mask, or None.
 
     Returns:
       ``(B, H, N, Dh)``, equal to :func:`_attend`'s output up to float rounding.
@@ -338,6 +365,8 @@ def fused_attention(q: Array, k: Array, v: Array, bias: Array | None) -> Array:
     def heads_last(a: Array) -> Array:
         return einops.rearrange(a, "b h n d -> b n h d")
 
+    if key_mask is not None:
+        bias = key_mask if bias is None else bias + key_mask
     if bias is not None:
         bias = jnp.broadcast_to(bias, (q.shape[0], 1, 1, k.shape[2])).astype(q.dtype)
     out = jax.nn.dot_product_attention(heads_last(q), heads_last(k), heads_last(v), bias=bias, scale=1.0)
@@ -345,7 +374,14 @@ def fused_attention(q: Array, k: Array, v: Array, bias: Array | None) -> Array:
 
 
 def attend_blocked(
-    q: Array, k: Array, v: Array, bias: Array | None, *, need_sharpness: bool, block: int = 512
+    q: Array,
+    k: Array,
+    v: Array,
+    bias: Array | None,
+    *,
+    need_sharpness: bool,
+    block: int = 512,
+    key_mask: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """Softmax attention over blocks of ``block`` keys with an online softmax (no ``(B, H, N, N)`` tensor).
 
@@ -357,6 +393,7 @@ def attend_blocked(
         head's pre-bias row maximum and normaliser; a second pass recomputes each block's logits,
         averages the normalised probabilities over heads and sums ``A log A``.
       block: keys per block (keys are padded to a multiple; padded keys get probability 0).
+      key_mask: ``(N,)`` additive key mask on both softmaxes, or None.
 
     Returns:
       ``(out (B, H, N, Dh), sharpness (B, N) or None)``; equal to :func:`_attend` up to float rounding
@@ -367,6 +404,8 @@ def attend_blocked(
     num = math.ceil(n / block)
     pad = num * block - n
     mask = jnp.where(jnp.arange(num * block) < n, 0.0, -jnp.inf).astype(acc)  # padded keys: -inf
+    if key_mask is not None:
+        mask = mask + jnp.pad(key_mask.astype(acc), (0, pad))
 
     def blocks(a: Array) -> Array:  # (B, H, N, Dh) -> (num, B, H, block, Dh)
         a = jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0)))

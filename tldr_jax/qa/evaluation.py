@@ -141,6 +141,7 @@ def evaluate(
       :class:`QAResult`.
     """
     model = check_model(model)
+    gpu_tuning = apply_options.get("gpu_tuning", "heuristic")  # the text side's programs too
     answers = list(answers)
     prep = preprocessing_for(model.vision, num_frames=num_frames, sampling="middle", pad=True)
     num_videos, load = _video_loader(videos, prep)
@@ -174,6 +175,7 @@ def evaluate(
                     tokens,
                     precision=precision,
                     question_video=np.array([local[int(v)] for v in qv[pick]], np.int32),
+                    gpu_tuning=gpu_tuning,
                 )
                 ids, probs = rank_answers(
                     model,
@@ -184,6 +186,7 @@ def evaluate(
                     k,
                     precision=precision,
                     vocab_chunk=vocab_chunk,
+                    gpu_tuning=gpu_tuning,
                 )
                 top_ids[part], top_probs[part] = np.asarray(ids)[: len(part)], np.asarray(probs)[: len(part)]
                 bar.update(len(part))

@@ -19,7 +19,6 @@ tie, both at the cut to ``k`` and in the final sort (``jax.lax.top_k`` keeps the
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from tldr_jax.qa.model import QAModel, QuestionEncoder, check_model
 from tldr_jax.text.bert import TextConfig, padding_bias
 from tldr_jax.text.decoder import VOCAB_CHUNK, AnswerDecoder, build_module
 from tldr_jax.text.tokenizer import pre_text, tokenize
+from tldr_jax.xla_options import tuned_jit
 
 Array = jax.Array
 
@@ -104,7 +104,7 @@ def check_tokens(ids: Any, mask: Any, cfg: TextConfig, what: str) -> tuple[np.nd
     return ids.astype(np.int32), mask.astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _question_states(
     tree: dict,
     ids: Array,
@@ -134,6 +134,7 @@ def encode_question(
     *,
     question_video: Any = None,
     precision: str | None = "float32",
+    gpu_tuning: str = "heuristic",
 ) -> Array:
     """The question states: the question encoder over all the tokens of each question's video.
 
@@ -144,6 +145,7 @@ def encode_question(
       question_video: ``(n,)`` the video of each question (default: question ``i`` is about video ``i``,
         which needs ``B == n``); each video's keys and values are computed once for all its questions.
       precision: float32 matrix-product precision (``"float32"``: the official arithmetic).
+      gpu_tuning: XLA's GEMM settings on a GPU, as :func:`tldr_jax.apply`'s.
 
     Returns:
       ``(n, Lq, H)`` the last hidden state (official ``question_output.last_hidden_state``).
@@ -160,6 +162,7 @@ def encode_question(
         jnp.asarray(qv),
         cfg=model.text_config,
         precision=precision,
+        gpu_tuning=gpu_tuning,
     )
 
 
@@ -196,7 +199,7 @@ def _check_states(states: Any, mask: Any, cfg: TextConfig) -> tuple[Array, Array
     return states, mask
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _start_logits(tree: dict, states: Array, mask: Array, start: Array, *, cfg: TextConfig, precision: Any):
     with matmul_precision(precision):
         decoder = build_module(AnswerDecoder, cfg, tree)
@@ -224,7 +227,7 @@ def start_logits(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "k", "pad_id", "chunk", "precision"))
+@tuned_jit(static_argnames=("cfg", "k", "pad_id", "chunk", "precision"))
 def _rank(
     tree: dict,
     states: Array,
@@ -265,6 +268,7 @@ def rank_answers(
     *,
     precision: str | None = "float32",
     vocab_chunk: int = VOCAB_CHUNK,
+    gpu_tuning: str = "heuristic",
 ) -> tuple[Array, Array]:
     """The official ``rank_answer``: the top ``k`` answers of each question and their probabilities.
 
@@ -275,6 +279,7 @@ def rank_answers(
       k: candidates re-scored per question, ``1 <= k <= A`` (static: one compile per value).
       precision: float32 matrix-product precision.
       vocab_chunk: vocabulary columns per step of the candidates' loss.
+      gpu_tuning: XLA's GEMM settings on a GPU, as :func:`tldr_jax.apply`'s.
 
     Returns:
       ``ids (n, k)`` answer indices, best first, and ``probs (n, k)`` their softmax over the ``k``.
@@ -296,4 +301,5 @@ def rank_answers(
         pad_id=cfg.pad_token_id,
         chunk=int(vocab_chunk),
         precision=precision,
+        gpu_tuning=gpu_tuning,
     )

@@ -145,12 +145,14 @@ def evaluate(
       :class:`EvalResult`.
     """
     model = check_model(model)
+    gpu_tuning = video_options.get("gpu_tuning", "heuristic")  # the text side's programs too
     t0 = time.perf_counter()
     if isinstance(texts, TextFeatures):
         text = texts
     else:
         text = encode_texts(
-            model, texts, max_length=max_length, batch_size=text_batch_size, precision=precision
+            model, texts, max_length=max_length, batch_size=text_batch_size, precision=precision,
+            gpu_tuning=gpu_tuning,
         )
     jax.block_until_ready(text.feat)
     t1 = time.perf_counter()
@@ -174,6 +176,7 @@ def evaluate(
         group=rerank_group,
         precision=precision,
         progress=progress,
+        gpu_tuning=gpu_tuning,
     )
     t4 = time.perf_counter()
     res = EvalResult(

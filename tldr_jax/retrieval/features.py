@@ -13,7 +13,6 @@ through here, and read a video file into a clip with :func:`tldr_jax.video.load_
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from tldr_jax.retrieval.model import RetrievalModel, check_model
 from tldr_jax.text.bert import TextConfig, build_text, normalize
 from tldr_jax.text.tokenizer import tokenize
 from tldr_jax.video import Preprocessing, load_clip, preprocessing_for
+from tldr_jax.xla_options import tuned_jit
 
 Array = jax.Array
 
@@ -103,7 +103,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _encode_text(tree: dict, ids: Array, mask: Array, *, cfg: TextConfig, precision: str | None) -> tuple:
     with matmul_precision(precision):
         tower = build_text(cfg, tree)
@@ -129,7 +129,12 @@ def _check_tokens(ids: Any, mask: Any, cfg: TextConfig) -> tuple[np.ndarray, np.
 
 
 def encode_text(
-    model: RetrievalModel, ids: Any, mask: Any, *, precision: str | None = "float32"
+    model: RetrievalModel,
+    ids: Any,
+    mask: Any,
+    *,
+    precision: str | None = "float32",
+    gpu_tuning: str = "heuristic",
 ) -> TextFeatures:
     """The text layers and ``text_proj`` for tokenised texts (official ``encode_text`` + ``text_proj``).
 
@@ -138,6 +143,7 @@ def encode_text(
       ids, mask: ``(n, L)`` from :func:`~tldr_jax.text.tokenizer.tokenize`.
       precision: float32 matrix-product precision (``"float32"``: the official arithmetic; ``None``
         leaves JAX's setting in charge).
+      gpu_tuning: XLA's GEMM settings on a GPU, as :func:`tldr_jax.apply`'s.
 
     Returns:
       :class:`TextFeatures`; ``embeds`` keep every position, padding included, as the official code does.
@@ -145,7 +151,8 @@ def encode_text(
     model = check_model(model)
     ids, mask = _check_tokens(ids, mask, model.text_config)
     embeds, proj, feat = _encode_text(
-        model.text, jnp.asarray(ids), jnp.asarray(mask), cfg=model.text_config, precision=precision
+        model.text, jnp.asarray(ids), jnp.asarray(mask), cfg=model.text_config, precision=precision,
+        gpu_tuning=gpu_tuning,
     )
     return TextFeatures(embeds=embeds, mask=jnp.asarray(mask), proj=proj, feat=feat)
 
@@ -169,6 +176,7 @@ def encode_texts(
     max_length: int = 32,
     batch_size: int = 256,
     precision: str | None = "float32",
+    gpu_tuning: str = "heuristic",
 ) -> TextFeatures:
     """Tokenise and encode many texts in batches of ``batch_size`` (the last one padded: one compile).
 
@@ -187,7 +195,7 @@ def encode_texts(
         if fill:
             i = np.concatenate([i, np.repeat(i[-1:], fill, 0)])
             m = np.concatenate([m, np.repeat(m[-1:], fill, 0)])
-        out = encode_text(model, i, m, precision=precision)
+        out = encode_text(model, i, m, precision=precision, gpu_tuning=gpu_tuning)
         parts.append(jax.tree_util.tree_map(lambda a, keep=bs - fill: a[:keep], out))
     if len(parts) == 1:
         return parts[0]

@@ -17,7 +17,6 @@ official per-pair computation (float64: to round-off).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -28,6 +27,7 @@ from tldr_jax.numerics import matmul_precision
 from tldr_jax.retrieval.features import TextFeatures, progress_bar
 from tldr_jax.retrieval.model import RetrievalModel, check_model
 from tldr_jax.text.bert import TextConfig, build_text
+from tldr_jax.xla_options import tuned_jit
 
 Array = jax.Array
 
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _fuse_all(
     tree: dict, embeds: Array, mask: Array, tokens: Array, *, cfg: TextConfig, precision: str | None
 ) -> Array:
@@ -114,7 +114,7 @@ def itm_score(
     return itm_logits(model, text_embeds, mask, video_tokens, precision=precision)[..., 1]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _itm_groups(
     tree: dict, embeds: Array, mask: Array, video: Array, *, cfg: TextConfig, precision: str | None
 ) -> Array:
@@ -126,7 +126,7 @@ def _itm_groups(
         return tower.itm_head(tower.fuse(embeds, mask, video, self_attended=True))[..., 1]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _fusion_self(tree: dict, embeds: Array, mask: Array, *, cfg: TextConfig, precision: str | None) -> Array:
     """``(b, L, H)``: the video-independent first sub-block of the fusion layers, once per text."""
     with matmul_precision(precision):
@@ -134,7 +134,11 @@ def _fusion_self(tree: dict, embeds: Array, mask: Array, *, cfg: TextConfig, pre
 
 
 def _fusion_inputs(
-    model: RetrievalModel, text: TextFeatures, precision: str | None, batch: int = 256
+    model: RetrievalModel,
+    text: TextFeatures,
+    precision: str | None,
+    batch: int = 256,
+    gpu_tuning: str = "heuristic",
 ) -> np.ndarray:
     """:func:`_fusion_self` of every text, in batches of static size (host array ``(n, L, H)``)."""
     n = len(text)
@@ -148,6 +152,7 @@ def _fusion_inputs(
             jnp.asarray(text.mask)[idx],
             cfg=model.text_config,
             precision=precision,
+            gpu_tuning=gpu_tuning,
         )
         out.append(np.asarray(part)[: min(bs, n - s)])
     return np.concatenate(out)
@@ -223,6 +228,7 @@ def rerank(
     group: int | None = None,
     precision: str | None = "float32",
     progress: bool | None = None,
+    gpu_tuning: str = "heuristic",
 ) -> tuple[np.ndarray, np.ndarray, RerankPlan]:
     """The official re-ranking: ITM class-1 logits at the top-``k`` ITC positions, ``-100`` elsewhere.
 
@@ -234,6 +240,7 @@ def rerank(
       k: ``k_test`` (the official 128).
       text_batch: texts per work item.
       group: work items per compiled call (default ``max(1, 64 // text_batch)``).
+      gpu_tuning: XLA's GEMM settings on a GPU, as :func:`tldr_jax.apply`'s.
 
     Returns:
       ``i2t (n_videos, n_texts)``, ``t2i (n_texts, n_videos)`` and the :class:`RerankPlan`.
@@ -257,7 +264,7 @@ def rerank(
     # Host-side caches: each call gathers its groups here, so the compiled program sees fixed shapes only.
     tokens, embeds, masks = (
         np.asarray(video_tokens),
-        _fusion_inputs(model, text, precision),
+        _fusion_inputs(model, text, precision, gpu_tuning=gpu_tuning),
         np.asarray(text.mask),
     )
     with progress_bar(items, "re-ranking (ITM)", progress, "group") as bar:
@@ -272,6 +279,7 @@ def rerank(
                 tokens[v_idx],
                 cfg=model.text_config,
                 precision=precision,
+                gpu_tuning=gpu_tuning,
             )
             out = np.asarray(out)[: len(sl)]
             ok = plan.valid[sl]

@@ -17,7 +17,6 @@ and values once for all its captions.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from tldr_jax.retrieval.features import encode_texts, encode_videos
 from tldr_jax.retrieval.model import RetrievalModel, check_model
 from tldr_jax.text.bert import TextConfig, build_text
 from tldr_jax.text.tokenizer import pre_text
+from tldr_jax.xla_options import tuned_jit
 
 Array = jax.Array
 
@@ -55,7 +55,7 @@ class MCResult:
     accuracy: float | None = None
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "precision"))
+@tuned_jit(static_argnames=("cfg", "precision"))
 def _mc_scores(
     tree: dict, embeds: Array, mask: Array, text_feat: Array, tokens: Array, video_feat: Array, *,
     cfg: TextConfig, precision: str | None,
@@ -127,7 +127,10 @@ def multiple_choice(
             raise ValueError(
                 f"answers must be {n} caption indices (one per item); got shape {answers.shape}."
             )
-    text = encode_texts(model, [pre_text(c) for c in flat], max_length=max_length, precision=precision)
+    gpu_tuning = apply_options.get("gpu_tuning", "heuristic")  # the text side's programs too
+    text = encode_texts(
+        model, [pre_text(c) for c in flat], max_length=max_length, precision=precision, gpu_tuning=gpu_tuning
+    )
     vid = encode_videos(
         model, videos, r, batch_size=batch_size, num_frames=num_frames, workers=workers, progress=progress,
         precision=precision, **apply_options,
@@ -143,7 +146,7 @@ def multiple_choice(
         idx = np.minimum(np.arange(s, s + bs), n - 1)
         part = _mc_scores(
             model.text, embeds[idx], mask[idx], feats[idx], jnp.asarray(vid.tokens[idx]),
-            jnp.asarray(vid.feat[idx]), cfg=model.text_config, precision=precision,
+            jnp.asarray(vid.feat[idx]), cfg=model.text_config, precision=precision, gpu_tuning=gpu_tuning,
         )
         scores.append(np.asarray(part)[: min(bs, n - s)])
     scores = np.concatenate(scores)
