@@ -273,9 +273,9 @@ def official_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(int(setup["threads"]))
     official = Path(args.official_dir).resolve()
     sys.path.insert(0, str(official))
-    from benchmarks.official_retrieval import _timm_stand_in
+    from benchmarks.official_retrieval import timm_stand_in
 
-    _timm_stand_in()
+    timm_stand_in()
     from utils.basic_utils import MetricLogger
 
     logger = logging.getLogger("vqa")  # the task functions, executed from their source text:

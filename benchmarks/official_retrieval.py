@@ -29,9 +29,10 @@ import types
 from pathlib import Path
 
 
-def _timm_stand_in() -> None:
-    """``timm.models.layers`` with the three names the official ViT imports (inference never calls them
-    with dropout active)."""
+def timm_stand_in() -> None:
+    """Install a stand-in ``timm.models.layers`` module (``sys.modules``) with the three names the official
+    ViT imports, so the official code runs without timm (inference never calls them with dropout
+    active); the official QA benchmark reuses it."""
     import torch
 
     def drop_path(x, drop_prob: float = 0.0, training: bool = False):
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = json.loads((data / "setup.json").read_text())
     torch.set_num_threads(int(setup.get("threads", torch.get_num_threads())))
     sys.path.insert(0, str(Path(args.official_dir).resolve()))
-    _timm_stand_in()
+    timm_stand_in()
     from models.backbones.bert.tokenization_bert import BertTokenizer
     from models.backbones.bert.xbert import BertConfig, BertModel
     from models.umt import UMT

@@ -9,7 +9,7 @@ holding the optimizer, scheduler and a pickled training config, which is read sa
 
 * ``vision_encoder.*``: the UMT vision encoder without ``pool_norm`` (the vision converter);
 * ``text_encoder.{embeddings,encoder}.*``: the question encoder (the retrieval text tower's names and
-  table, :data:`checkpoints_convert.retrieval.TEXT`, without its heads);
+  table, :data:`checkpoints_convert.bert.TEXT`, without its heads);
 * ``text_decoder.bert.{embeddings,encoder}.*``: the decoder's embeddings and layers (the same table, read
   under ``text_decoder.bert.``; every layer has cross-attention);
 * ``text_decoder.cls.predictions.{transform.dense, transform.LayerNorm, bias}``: the LM head;
@@ -31,23 +31,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from checkpoints_convert import core, formats, readers, rules
+from checkpoints_convert.bert import TEXT, check_position_ids, infer_text_config
 from checkpoints_convert.common import (
+    TextModelConversion,
+    convert_file,
     ignore_rules,
-    output_path,
-    report_lines,
-    section,
-    text_model_metadata,
-    write_output,
+    invert_table,
+    map_tree,
+    save_official_state_dict,
 )
 from checkpoints_convert.errors import ConversionError
 from checkpoints_convert.recorded import read_recorded
-from checkpoints_convert.retrieval import TEXT, _invert, _read_json, infer_text_config, read_vocab
 from checkpoints_convert.rules import Rule, Table, layernorm, linear
-from tldr_jax.checkpoint import unflatten_tree
 
 QUESTION_PREFIX = "text_encoder."
 DECODER_PREFIX = "text_decoder.bert."
@@ -79,22 +77,9 @@ DECODER = Table(
 
 
 @dataclasses.dataclass
-class QAConversion:
+class QAConversion(TextModelConversion):
     """A finished QA conversion (the vision part's :class:`~checkpoints_convert.core.Conversion` plus the
     question encoder and the decoder)."""
-
-    model: Any
-    vision: core.Conversion
-    dropped: dict[str, list[str]]
-    notes: list[str]
-    origin: str
-    num_tensors: int
-    out: Path | None = None
-
-    @property
-    def params(self) -> Any:
-        """The converted :class:`~tldr_jax.qa.QAModel`."""
-        return self.model
 
     def summary(self) -> str:
         """One line: source, parts, sizes, destination."""
@@ -115,10 +100,6 @@ class QAConversion:
             f"[{self.model.decoder_config.num_layers} layers]; {self.model.num_params() / 1e6:.2f}M params"
         )
 
-    def report_lines(self) -> list[str]:
-        """What was dropped and decided, one line each."""
-        return report_lines(self.dropped, self.notes)
-
 
 def _split(raw: Mapping[str, Any], origin: str) -> dict[str, dict[str, str]]:
     """``{part: {normalised key: original}}`` for ``vision``, ``question`` and ``decoder``."""
@@ -138,11 +119,7 @@ def _split(raw: Mapping[str, Any], origin: str) -> dict[str, dict[str, str]]:
 
 def _check_buffers(state: Mapping[str, Any], names: Mapping[str, str], origin: str) -> None:
     """The ``position_ids`` buffer is ``0, 1, 2, ...``; tied / shared head tensors equal their twins."""
-    key = "text_encoder.embeddings.position_ids"
-    if key in state and not np.array_equal(
-        ids := readers.to_numpy(state[key], names[key]).reshape(-1), np.arange(ids.size)
-    ):
-        raise ConversionError(f"{origin}: {names[key]} is not 0, 1, 2, ...; the file is corrupt.")
+    check_position_ids(state, origin, names)
     twins = {
         f"{HEAD_PREFIX}decoder.weight": "text_encoder.embeddings.word_embeddings.weight",
         f"{HEAD_PREFIX}decoder.bias": f"{HEAD_PREFIX}bias",
@@ -155,49 +132,6 @@ def _check_buffers(state: Mapping[str, Any], names: Mapping[str, str], origin: s
                     f"{origin}: {names[key]} differs from {names[twin]}, but the official decoder ties them "
                     "(one tensor); the file is corrupt or not from UMT_QA."
                 )
-
-
-def map_tree(
-    table: Table,
-    state: Mapping[str, Any],
-    names: Mapping[str, str],
-    expected: Mapping[str, tuple[int, ...]],
-    ignore: list[tuple[str, str]],
-    what: str,
-    origin: str,
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Map ``state`` with ``table`` onto exactly the ``expected`` tree; returns the tree and the drops.
-
-    Raises:
-      ConversionError: missing, unexpected, mis-shaped or duplicate keys, listed by original name.
-    """
-    mapped = rules.apply_table(
-        table, state, extra_ignore=ignore, to_array=lambda k, v: readers.to_numpy(v, names[k])
-    )
-    missing = [
-        f"{t} (from {' + '.join(k for k, _ in table.sources_for(t)) or '?'})"
-        for t in expected
-        if t not in mapped.arrays
-    ]
-    unexpected = [names[k] for k in mapped.unexpected] + [t for t in mapped.arrays if t not in expected]
-    mismatched = [
-        f"{'+'.join(names[s] for s in mapped.sources[t])}: {tuple(mapped.arrays[t].shape)} vs {expected[t]}"
-        for t in expected
-        if t in mapped.arrays and tuple(mapped.arrays[t].shape) != expected[t]
-    ] + [f"{names[k]}: {why}" for k, why in mapped.bad]
-    if missing or unexpected or mismatched or mapped.duplicates:
-        lines = [f"cannot convert the {what} of {origin}:"]
-        lines += section(f"Missing {what} weights", missing)
-        lines += section(f"Unexpected {what} keys", unexpected)
-        lines += section("Shape mismatches", mismatched)
-        lines += section("Duplicate keys", [f"{a} and {b} -> {t}" for t, a, b in mapped.duplicates])
-        lines.append(
-            "Fix: pass the matching --text-config; drop unused keys with --ignore REGEX; re-download a "
-            "truncated file."
-        )
-        raise ConversionError("\n".join(lines))
-    tree = unflatten_tree({p: jnp.asarray(mapped.arrays[p]) for p in expected})
-    return tree, {g: [names[k] for k in keys] for g, keys in mapped.dropped.items()}
 
 
 def _text_parts(
@@ -282,10 +216,7 @@ def convert_qa_state_dict(
     model = QAModel(vision=vision.params, text_config=tc, vocab=vocab, **trees)
     all_notes = [*vision.notes, *text_notes]
     conv = QAConversion(model, vision, {**vision.dropped, **dropped}, all_notes, origin, len(raw))
-    if verbose:
-        for line in conv.report_lines():
-            print(line)
-    return conv
+    return conv.report(verbose)
 
 
 def convert_qa(
@@ -306,21 +237,14 @@ def convert_qa(
     """
     from tldr_jax.qa.checkpoint import save as save_qa
 
-    if vocab is None:
-        raise ConversionError(
+    return convert_file(
+        src, out, fmt="umt_qa", vocab=vocab, text_config=text_config, overwrite=overwrite,
+        options=options, convert_state_dict=convert_qa_state_dict, save_fn=save_qa,
+        no_vocab=(
             "a QA conversion needs the vocabulary the text side was trained with: pass --vocab vocab.txt "
             "(bert-base-uncased's for UMT-B)."
-        )
-    out_path = output_path(out, overwrite)
-    voc = read_vocab(vocab)
-    bert = _read_json(text_config, "text config") if isinstance(text_config, (str, Path)) else text_config
-    source = readers.read_source(src)
-    options.pop("fmt", None)
-    conv = convert_qa_state_dict(source.state, vocab=voc, text_config=bert, origin=source.label, **options)
-    metadata = text_model_metadata("umt_qa", source, conv, options, (vocab, text_config), bert)
-    write_output(save_qa, conv.model, out_path, metadata=metadata, overwrite=overwrite)
-    conv.out = out_path
-    return conv
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,9 +256,9 @@ def to_official_state_dict(model: Any) -> dict[str, np.ndarray]:
     """The ``UMT_QA.state_dict()`` layout of a QAModel (numpy arrays, ``(out, in)`` Linear weights, the
     ``position_ids`` buffers and the tied ``cls.predictions.decoder.{weight, bias}`` included). Also maps a
     gradient pytree of the model to official names."""
-    sd = {f"vision_encoder.{k}": v for k, v in _invert(rules.UMT, model.vision.tree).items()}
-    sd.update(_invert(TEXT, model.question))
-    for key, value in _invert(DECODER, model.decoder).items():
+    sd = {f"vision_encoder.{k}": v for k, v in invert_table(rules.UMT, model.vision.tree).items()}
+    sd.update(invert_table(TEXT, model.question))
+    for key, value in invert_table(DECODER, model.decoder).items():
         sd[DECODER_PREFIX + key[len(QUESTION_PREFIX) :] if key.startswith(QUESTION_PREFIX) else key] = value
     positions = np.arange(model.text_config.max_position_embeddings, dtype=np.int64)[None]
     sd["text_encoder.embeddings.position_ids"] = positions
@@ -347,9 +271,4 @@ def to_official_state_dict(model: Any) -> dict[str, np.ndarray]:
 def save_official(model: Any, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
     """``torch.save({"model": state_dict, **extra}, path)`` in the official layout (tests, demos,
     benchmarks)."""
-    import torch
-
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in to_official_state_dict(model).items()}
-    path = Path(path)
-    torch.save({"model": sd, **dict(extra or {})}, path)
-    return path
+    return save_official_state_dict(to_official_state_dict(model), path, extra=extra)

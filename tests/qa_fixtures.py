@@ -75,7 +75,8 @@ def mc_model():
         pytest.skip(f"golden MC checkpoint not found in {GOLD}")
     import torch
 
-    from checkpoints_convert.retrieval import convert_retrieval_state_dict, read_vocab
+    from checkpoints_convert.bert import read_vocab
+    from checkpoints_convert.retrieval import convert_retrieval_state_dict
 
     bert = json.loads((GOLD / "qa_config.json").read_text())
     state = torch.load(GOLD / "umt_mc.pth", weights_only=True, map_location="cpu")

@@ -77,3 +77,38 @@ def test_apply_returns_only_its_outputs():
     specs = tuple(MergeSpec(r) for r in tldr_jax.schedule(params, 4).r)
     both = jax.jit(lambda tree, v: build(tldr_jax.Params(tree, params.config))(v, specs))
     assert both.lower(params.tree, video).compile().memory_analysis().output_size_in_bytes > 4 * size
+
+
+@pytest.mark.parametrize("arch, method, prop_attn", [
+    ("umt_b16", "vid_tldr", True), ("umt_b16", "vid_tldr", False), ("vivit_b", "tome", True),
+])
+def test_token_buckets_give_the_unpadded_result(arch, method, prop_attn):
+    """``AttentionTuning.token_bucket`` (prototype, issue 31): every block runs on its token count padded up
+    to the bucket with size-0 tokens at the end, masked out of both softmaxes, the saliency, the matching
+    and the pooling. In float64 the outputs, sizes, source map and saliencies equal the unpadded ones (to
+    1e-10) in the plain, the chunked and the key-blocked attention; the blocks see bucket-sized arrays."""
+    from tldr_jax.options import AttentionTuning
+
+    r = (5, 3, 2)
+    kw = dict(method=method, prop_attn=prop_attn, source="origin", return_saliency=True, dtype="float64")
+    with jax.enable_x64(True):
+        params = tldr_jax.init(0, arch, **TINY)
+        video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3), jnp.float64)
+        for base in (AttentionTuning(), AttentionTuning(cpu_block_min_elements=0, cpu_head_rows=8),
+                     AttentionTuning(key_block=8)):
+            ref = tldr_jax.apply(params, video, r, attention=base, **kw)
+            out = tldr_jax.apply(params, video, r, attention=base.replace(token_bucket=8), **kw)
+            for name in ("tokens", "pooled", "size", "logits", "embedding"):
+                a, b = getattr(ref, name), getattr(out, name)
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    assert a.shape == b.shape, name
+                    np.testing.assert_allclose(b, a, rtol=0, atol=1e-10, err_msg=name)
+            np.testing.assert_array_equal(out.source.owner, ref.source.owner)
+            np.testing.assert_allclose(out.source.weight, ref.source.weight, rtol=0, atol=1e-10)
+            assert len(out.saliency) == len(ref.saliency) == (3 if method == "vid_tldr" else 0)
+            for a, b in zip(ref.saliency, out.saliency):
+                np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+        specs = tuple(MergeSpec(n, method, 1 if arch == "vivit_b" else 0, prop_attn) for n in (4, 2, 1))
+        _, inter = build(params)(video, specs, attention=AttentionTuning(token_bucket=8))
+    assert all(inter[f"blocks_{i}"]["attn"].shape[1] % 8 == 0 for i in range(3))

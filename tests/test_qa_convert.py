@@ -17,8 +17,8 @@ from qa_fixtures import GOLD, SIZES
 import tldr_jax
 from checkpoints_convert import ConversionError
 from checkpoints_convert import main as convert_main
+from checkpoints_convert.bert import read_vocab
 from checkpoints_convert.qa import convert_qa_state_dict, to_official_state_dict
-from checkpoints_convert.retrieval import read_vocab
 from tldr_jax import qa
 from tldr_jax.checkpoint import CheckpointError
 from tldr_jax.loading import kind_of

@@ -1,4 +1,4 @@
-"""``tldr-jax serve`` in a real browser: headless Chromium (Debian's ``chromium`` package) driven by Playwright.
+"""``tldr-jax serve`` in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
 
 The server runs on a free loopback port (uvicorn in a thread) over a tiny random model and four small MP4
 files. The expected first result of the query is the Python API's (``tldr_jax.search.search``); the query
@@ -60,8 +60,9 @@ def served(model_dir, tmp_path_factory):
     for i, name in enumerate(NAMES):
         write_video(folder / name, _frames(i), fps=8)
     index_dir = tmp_path_factory.mktemp("browser_idx") / "index"
-    build_index(model_dir, folder, index_dir, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
-    with load_index(index_dir) as index:
+    model = search_fixtures.model(model_dir)  # one model for the build, the reference and the server
+    build_index(model, folder, index_dir, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
+    with load_index(index_dir, model) as index:
         def margin(word):
             hits = search(index, word, k=2)
             return hits[0].score - hits[1].score
@@ -69,7 +70,7 @@ def served(model_dir, tmp_path_factory):
         query = max((w for w in WORDS if w.startswith("w")), key=margin)
         top = search(index, query, k=1)[0]
         assert margin(query) > 1e-4, "no query separates the first video from the second"
-    service = SearchService(index_dir)
+    service = SearchService(index_dir, model=model)
     service.warm_up()
     with serve_in_thread(create_app(service, warm_up=False)) as url:
         yield url, index_dir, query, top.video, top.row
@@ -87,6 +88,7 @@ def page():
             browser.close()
 
 
+@pytest.mark.slow  # ~30 s on two cores, nearly all of it building the index and compiling
 def test_search_play_and_error_in_a_browser(served, page, tmp_path):
     url, index_dir, query, expected, row = served
     errors: list[str] = []
@@ -125,7 +127,10 @@ def test_search_play_and_error_in_a_browser(served, page, tmp_path):
     status = page.locator("#status")
     sync_api.expect(status).to_contain_text("empty after the official caption cleaning")
     assert "error" in (status.get_attribute("class") or "")
-    for png in (results_png, player_png):
+    assert page.locator("#results li.hit").count() == 0  # no stale results under the error
+    error_png = tmp_path / "serve_error.png"
+    page.screenshot(path=str(error_png))
+    for png in (results_png, player_png, error_png):
         assert png.stat().st_size > 1000
         print(f"screenshot: {png}")
         if os.environ.get("TLDR_JAX_SCREENSHOTS"):  # a folder to keep them in (e.g. for docs/)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,7 +24,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from tldr_jax.cli.main import main as cli_main  # noqa: E402
 from tldr_jax.search import build_index, search  # noqa: E402
-from tldr_jax.search.server import create_app  # noqa: E402
+from tldr_jax.search.server import create_app, serve_in_thread  # noqa: E402
 from tldr_jax.search.service import Limits, SearchService  # noqa: E402
 from tldr_jax.search.thumbnails import THUMBNAIL_DIR, representative_frame  # noqa: E402
 from tldr_jax.video.decode import write_video  # noqa: E402
@@ -223,6 +221,14 @@ def test_warming_up_answers_503(index_dir):
         assert client.get("/").status_code == 200
 
 
+def _add_and_reindex(model_dir, folder, out, times):
+    """Add ``extra<i>.npy`` to ``folder`` and rebuild the index ``out``, ``times`` times."""
+    for i in range(times):
+        np.save(folder / f"extra{i}.npy", np.random.default_rng(i).standard_normal((4, 32, 32, 3))
+                .astype(np.float32))
+        build_index(model_dir, folder, out, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
+
+
 def test_a_reindex_is_picked_up_without_a_failed_query(model_dir, collection, tmp_path):
     folder = tmp_path / "videos"
     shutil.copytree(collection, folder)
@@ -242,10 +248,7 @@ def test_a_reindex_is_picked_up_without_a_failed_query(model_dir, collection, tm
         reader = threading.Thread(target=query_loop)
         reader.start()
         try:
-            for i in range(2):
-                np.save(folder / f"extra{i}.npy", np.random.default_rng(i).standard_normal((4, 32, 32, 3))
-                        .astype(np.float32))
-                build_index(model_dir, folder, out, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
+            _add_and_reindex(model_dir, folder, out, 2)
         finally:
             done.set()
             reader.join()
@@ -256,45 +259,67 @@ def test_a_reindex_is_picked_up_without_a_failed_query(model_dir, collection, tm
     assert not errors, errors[:3]
 
 
-def test_concurrent_clients_on_loopback_get_no_errors(index_dir):
-    import uvicorn
-
-    service = SearchService(index_dir)
-    service.warm_up()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service, max_concurrency=2, warm_up=False),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    errors, counts = [], []
+def _load(url, clients, queries, errors, until=None, generations=None):
+    """``clients`` threads each sending ``queries`` searches (every fifth re-ranked) to ``url``, and more
+    until the event ``until`` is set; returns the number of full answers (3 hits) per client; failures go
+    to ``errors``, the generations answered from to the set ``generations``."""
+    counts = []
 
     def client(c):
-        n = 0
-        for i in range(25):
+        n, i = 0, 0
+        while i < queries or (until is not None and not until.is_set()):
+            i += 1
             q = urllib.parse.urlencode({"q": QUERIES[(c + i) % len(QUERIES)], "k": 3,
                                         "rerank": 4 if i % 5 == 0 else 0})
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?{q}", timeout=60) as r:
-                    n += len(json.loads(r.read())["hits"]) == 3
+                with urllib.request.urlopen(f"{url}/api/search?{q}", timeout=60) as r:
+                    body = json.loads(r.read())
+                n += len(body["hits"]) == 3
+                if generations is not None:
+                    generations.add(body["generation"])
             except (urllib.error.URLError, OSError, ValueError) as err:
                 errors.append(repr(err))
-        counts.append(n)
+        counts.append(n == i)
 
-    try:
-        clients = [threading.Thread(target=client, args=(c,)) for c in range(4)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    assert not errors and counts == [25] * 4, (errors[:3], counts)
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+
+
+def test_concurrent_clients_on_loopback_get_no_errors(index_dir):
+    service = SearchService(index_dir)
+    service.warm_up()
+    errors = []
+    with serve_in_thread(create_app(service, max_concurrency=2, warm_up=False)) as url:
+        counts = _load(url, 4, 25, errors)
+    assert not errors and counts == [True] * 4, (errors[:3], counts)
+
+
+def test_loopback_load_while_the_index_is_rebuilt_twice(model_dir, collection, tmp_path):
+    folder = tmp_path / "videos"
+    shutil.copytree(collection, folder)
+    out = tmp_path / "index"
+    build_index(model_dir, folder, out, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
+    service = SearchService(out)
+    service.warm_up()
+    first = service.current().generation
+    errors, counts, generations, rebuilt = [], [], set(), threading.Event()
+    with serve_in_thread(create_app(service, max_concurrency=2, warm_up=False)) as url:
+        load = threading.Thread(target=lambda: counts.extend(_load(url, 4, 50, errors, rebuilt, generations)))
+        load.start()
+        try:
+            _add_and_reindex(model_dir, folder, out, 2)
+        finally:
+            rebuilt.set()
+            load.join()
+        with urllib.request.urlopen(f"{url}/api/info", timeout=60) as r:
+            info = json.loads(r.read())
+    assert not errors and counts == [True] * 4, (errors[:3], counts)
+    assert info["videos"] == 8 and info["generation"] != first
+    assert first in generations and len(generations) >= 2, generations  # switched while under load
 
 
 def test_cli_serve_refuses_bad_input_in_one_line(tmp_path, model_dir, collection, capsys):

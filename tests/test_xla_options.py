@@ -173,13 +173,13 @@ def test_tuned_jit_picks_the_options_per_call(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     x = jnp.arange(3.0)
     assert jnp.array_equal(scale(x, k=2), 2 * x)
-    assert scale._cache_size() == 1
     scale(x, k=2, gpu_tuning="tuned")
     jax.jit(lambda v: scale(v, k=3))(x)
     with pytest.raises(ValueError, match="gpu_tuning must be one of"):
         scale(x, k=2, gpu_tuning="fast")
     assert seen == [("scale", tuple(sorted(HEURISTIC.items()))), ("scale", tuple(sorted(TUNED.items()))),
                     ("scale", ())]
+    assert scale._cache_size() >= 2  # one program per option set, as a jit counts them
 
 
 def _record_tuned(monkeypatch):

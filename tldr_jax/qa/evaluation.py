@@ -30,7 +30,7 @@ from tldr_jax.qa.ranking import (
     tokenize_answers,
     tokenize_questions,
 )
-from tldr_jax.retrieval.features import _video_loader
+from tldr_jax.retrieval.features import video_loader
 from tldr_jax.text.decoder import VOCAB_CHUNK
 from tldr_jax.video import preprocessing_for
 
@@ -144,7 +144,7 @@ def evaluate(
     gpu_tuning = apply_options.get("gpu_tuning", "heuristic")  # the text side's programs too
     answers = list(answers)
     prep = preprocessing_for(model.vision, num_frames=num_frames, sampling="middle", pad=True)
-    num_videos, load = _video_loader(videos, prep)
+    num_videos, load = video_loader(videos, prep)
     questions, qv = _check_questions(questions, question_video, num_videos)
     if gt is not None and len(gt) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(gt)} ground-truth answers.")

@@ -29,7 +29,7 @@ import numpy as np
 from tldr_jax.api import Output, apply
 from tldr_jax.numerics import matmul_precision
 from tldr_jax.qa.model import QAModel, QuestionEncoder, check_model
-from tldr_jax.text.bert import TextConfig, padding_bias
+from tldr_jax.text.bert import TextConfig, check_token_ids, padding_bias
 from tldr_jax.text.decoder import VOCAB_CHUNK, AnswerDecoder, build_module
 from tldr_jax.text.tokenizer import pre_text, tokenize
 from tldr_jax.xla_options import tuned_jit
@@ -87,23 +87,6 @@ def encode_video(model: QAModel, video: Any, r: Any = 0, **apply_options: Any) -
     return apply(check_model(model).vision, video, r, **apply_options)
 
 
-def check_tokens(ids: Any, mask: Any, cfg: TextConfig, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, L)`` int ids and mask within the vocabulary and positions; ``ValueError`` naming ``what``."""
-    ids, mask = np.asarray(ids), np.asarray(mask)
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(
-            f"{what} ids and mask must both be (n, L); got {ids.shape} and {mask.shape}. Make them with "
-            f"tldr_jax.qa.tokenize_{what}s."
-        )
-    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-        raise ValueError(f"{what} token ids must lie in [0, {cfg.vocab_size}); got {ids.min()}..{ids.max()}.")
-    if ids.shape[1] > cfg.max_position_embeddings:
-        raise ValueError(
-            f"{what}s of {ids.shape[1]} tokens exceed the {cfg.max_position_embeddings} position embeddings."
-        )
-    return ids.astype(np.int32), mask.astype(np.int32)
-
-
 @tuned_jit(static_argnames=("cfg", "precision"))
 def _question_states(
     tree: dict,
@@ -151,7 +134,9 @@ def encode_question(
       ``(n, Lq, H)`` the last hidden state (official ``question_output.last_hidden_state``).
     """
     model = check_model(model)
-    ids, mask = check_tokens(ids, mask, model.text_config, "question")
+    ids, mask = check_token_ids(
+        ids, mask, model.text_config, what="question", make="tldr_jax.qa.tokenize_questions"
+    )
     video_tokens = jnp.asarray(video_tokens)
     qv = _question_video(question_video, len(ids), video_tokens)
     return _question_states(
@@ -287,7 +272,9 @@ def rank_answers(
     model = check_model(model)
     cfg = model.text_config
     states, mask = _check_states(states, mask, cfg)
-    answer_ids, answer_mask = check_tokens(answer_ids, answer_mask, cfg, "answer")
+    answer_ids, answer_mask = check_token_ids(
+        answer_ids, answer_mask, cfg, what="answer", make="tldr_jax.qa.tokenize_answers"
+    )
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= len(answer_ids):
         raise ValueError(f"k must be an int in [1, {len(answer_ids)}] (the number of answers); got {k!r}.")
     return _rank(

@@ -28,7 +28,7 @@ from tldr_jax.api import apply
 from tldr_jax.numerics import matmul_precision
 from tldr_jax.prefetch import prefetch
 from tldr_jax.retrieval.model import RetrievalModel, check_model
-from tldr_jax.text.bert import TextConfig, build_text, normalize
+from tldr_jax.text.bert import TextConfig, build_text, check_token_ids, normalize
 from tldr_jax.text.tokenizer import tokenize
 from tldr_jax.video import Preprocessing, load_clip, preprocessing_for
 from tldr_jax.xla_options import tuned_jit
@@ -44,6 +44,7 @@ __all__ = [
     "encode_video",
     "encode_videos",
     "text_hidden_states",
+    "video_loader",
 ]
 
 
@@ -112,20 +113,8 @@ def _encode_text(tree: dict, ids: Array, mask: Array, *, cfg: TextConfig, precis
         return embeds, proj, normalize(proj)
 
 
-def _check_tokens(ids: Any, mask: Any, cfg: TextConfig) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask = np.asarray(ids), np.asarray(mask)
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(
-            f"ids and mask must both be (n, L); got {ids.shape} and {mask.shape}. Make them with "
-            "tldr_jax.retrieval.tokenize(model, texts, max_length)."
-        )
-    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); got {ids.min()}..{ids.max()}.")
-    if ids.shape[1] > cfg.max_position_embeddings:
-        raise ValueError(
-            f"texts of {ids.shape[1]} tokens exceed the {cfg.max_position_embeddings} position embeddings."
-        )
-    return ids.astype(np.int32), mask.astype(np.int32)
+#: The call that makes valid token inputs (named in their errors).
+_MAKE_TOKENS = "tldr_jax.retrieval.tokenize(model, texts, max_length)"
 
 
 def encode_text(
@@ -149,7 +138,7 @@ def encode_text(
       :class:`TextFeatures`; ``embeds`` keep every position, padding included, as the official code does.
     """
     model = check_model(model)
-    ids, mask = _check_tokens(ids, mask, model.text_config)
+    ids, mask = check_token_ids(ids, mask, model.text_config, make=_MAKE_TOKENS)
     embeds, proj, feat = _encode_text(
         model.text, jnp.asarray(ids), jnp.asarray(mask), cfg=model.text_config, precision=precision,
         gpu_tuning=gpu_tuning,
@@ -163,7 +152,7 @@ def text_hidden_states(
     """``(fusion_layer + 1, n, L, H)``: the embedding output and every text layer's output (official
     ``output_hidden_states=True`` in ``mode="text"``)."""
     model = check_model(model)
-    ids, mask = _check_tokens(ids, mask, model.text_config)
+    ids, mask = check_token_ids(ids, mask, model.text_config, make=_MAKE_TOKENS)
     with matmul_precision(precision):
         tower = build_text(model.text_config, model.text)
         return jnp.stack(tower.encode(jnp.asarray(ids), jnp.asarray(mask), hidden_states=True))
@@ -250,8 +239,13 @@ def encode_video(model: RetrievalModel, video: Any, r: Any = 0, **apply_options:
     )
 
 
-def _video_loader(videos: Any, prep: Preprocessing) -> tuple[int, Callable[[Sequence[int]], np.ndarray]]:
-    """``(count, load(indices) -> (b, T, H, W, 3))`` for an array of clips or a list of files / clips."""
+def video_loader(videos: Any, prep: Preprocessing) -> tuple[int, Callable[[Sequence[int]], np.ndarray]]:
+    """``(count, load(indices) -> (b, T, H, W, 3))`` for an ``(n, T, H, W, 3)`` array of clips or a list
+    of files (decoded with ``prep``, the one clip path) / ``(T, H, W, 3)`` clips.
+
+    Raises:
+      ValueError: no videos (at load time: a list item that is neither a path nor a ``(T, H, W, 3)`` clip).
+    """
     if hasattr(videos, "shape") and len(videos.shape) == 5:
         return int(videos.shape[0]), lambda idx: np.asarray(videos[np.asarray(idx)])
     items = list(videos)
@@ -299,7 +293,7 @@ def encode_videos(
     Returns:
       :class:`VideoFeatures` holding numpy arrays (the token cache stays in host memory).
     """
-    n, load = _video_loader(videos, clip_preprocessing(model, num_frames, trim_seconds))
+    n, load = video_loader(videos, clip_preprocessing(model, num_frames, trim_seconds))
     bs = max(1, min(int(batch_size), n))
     batches = [np.arange(s, min(s + bs, n)) for s in range(0, n, bs)]
     parts: list[VideoFeatures] = []

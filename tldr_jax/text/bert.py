@@ -313,6 +313,34 @@ class TextTower(nnx.Module):
         return x[..., 0, :]
 
 
+def check_token_ids(
+    ids: Any, mask: Any, cfg: TextConfig, *, what: str = "text", make: str = "tldr_jax.text.tokenize"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, L)`` int32 ids and mask, checked against ``cfg``'s vocabulary and positions.
+
+    Args:
+      ids, mask: ``(n, L)`` token ids and attention mask.
+      what: how messages name the inputs (``"question"``, ``"answer"``, ``"text"``).
+      make: the call that makes valid inputs (named in the fix).
+
+    Raises:
+      ValueError: other shapes, ids outside ``[0, vocab_size)``, or more tokens than position embeddings.
+    """
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(
+            f"{what} ids and mask must both be (n, L); got {ids.shape} and {mask.shape}. Make them with "
+            f"{make}."
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+        raise ValueError(f"{what} token ids must lie in [0, {cfg.vocab_size}); got {ids.min()}..{ids.max()}.")
+    if ids.shape[1] > cfg.max_position_embeddings:
+        raise ValueError(
+            f"{what}s of {ids.shape[1]} tokens exceed the {cfg.max_position_embeddings} position embeddings."
+        )
+    return ids.astype(np.int32), mask.astype(np.int32)
+
+
 def padding_bias(mask: Array, dtype: Any) -> Array:
     """``(..., L)`` 0/1 mask -> ``(..., 1, 1, L)`` additive score bias ``(1 - mask) * -10000``."""
     m = mask.astype(dtype)

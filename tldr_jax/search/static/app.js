@@ -27,6 +27,12 @@ function scoreText(hit) {
 function showHits(hits) {
   const list = $("results");
   list.replaceChildren();
+  if (hits.length === 0) {
+    const empty = document.createElement("li");
+    empty.className = "empty";
+    empty.textContent = "no videos found";
+    list.append(empty);
+  }
   for (const hit of hits) {
     const item = document.createElement("li");
     item.className = "hit";
@@ -63,6 +69,7 @@ async function runSearch(event) {
     const how = result.rerank ? `ITM re-ranking of the top ${result.rerank}` : "ITC";
     setStatus(`${result.hits.length} of ${result.videos} videos, ${how}, ${result.ms} ms`);
   } catch (err) {
+    $("results").replaceChildren();  // no stale results under an error
     setStatus(err.message, true);
   }
 }
