@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from checkpoints_convert.errors import ConversionError
 from tldr_jax.configs import ARCHS, ArchConfig
 
-if TYPE_CHECKING:  # formats sits above this module and re-exports it
-    from checkpoints_convert.formats import Format
-
 __all__ = [
     "FAMILY_BASE", "GELU_APPROXIMATE", "HF_DEFAULTS", "Options", "default_num_heads", "hf_labels",
     "infer_arch_name", "infer_config",
 ]
+
+
+class Format(Protocol):
+    """What inference reads of a source format (:class:`checkpoints_convert.formats.Format`, one layer up)."""
+
+    name: str
+    description: str
+    family: str
 
 
 @dataclasses.dataclass(frozen=True)

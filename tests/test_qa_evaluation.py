@@ -187,3 +187,29 @@ def test_annotation_files_answer_lists_and_presets(tmp_path):
     assert qa.get_preset("anet_qa").r is None and qa.get_preset("msrvtt_mc").task == "mc"
     with pytest.raises(ValueError, match="Did you mean msvd_qa"):
         qa.get_preset("msvd_qaa")
+
+
+def test_tldr_jax_cast_works_on_the_qa_model(qa_model, qa_gold):
+    """``tldr_jax.cast`` takes a QAModel: float64 casts every floating leaf (as ``astype``); bfloat16 casts
+    only the vision tower's kernels (text side float32) and the model still ranks answers."""
+    import tldr_jax
+
+    with jax.enable_x64(True):
+        m64 = tldr_jax.cast(qa_model, jnp.float64)
+        assert isinstance(m64, qa.QAModel)
+        leaves = jax.tree_util.tree_leaves(m64)
+        assert all(x.dtype == np.float64 for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+        ref = jax.tree_util.tree_leaves(qa_model.astype(jnp.float64))
+        assert all(np.array_equal(a, b) for a, b in zip(leaves, ref, strict=True))
+    bf = tldr_jax.cast(qa_model, jnp.bfloat16)
+    kernels = {
+        jax.tree_util.keystr(p): a.dtype
+        for p, a in jax.tree_util.tree_leaves_with_path(bf.vision.tree)
+    }
+    assert all(dt == jnp.bfloat16 for k, dt in kernels.items() if k.endswith("['kernel']"))
+    assert all(dt == jnp.float32 for k, dt in kernels.items() if not k.endswith("['kernel']"))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves((bf.question, bf.decoder)))
+    tokens = qa.encode_video(bf, jnp.asarray(video(qa_gold)[:1]), 0).tokens
+    assert tokens.dtype == jnp.bfloat16 and bool(jnp.isfinite(tokens.astype(jnp.float32)).all())
+    with pytest.raises(TypeError, match="RetrievalModel / QAModel"):
+        tldr_jax.cast({"vision": 1}, jnp.float32)

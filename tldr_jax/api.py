@@ -28,6 +28,7 @@ from tldr_jax.options import (
     check_dtype,
 )
 from tldr_jax.schedule import RSpec, Schedule, schedule_for
+from tldr_jax.trees import cast_floating
 from tldr_jax.xla_options import explain_unknown_options, forward_options, jit_for, traced
 
 Array = jax.Array
@@ -291,7 +292,7 @@ def _cast_tree(tree: dict[str, Any], dtype: Any) -> dict[str, Any]:
     return jax.tree_util.tree_map_with_path(cast, tree)
 
 
-def cast(params: Params, dtype: Any) -> Params:
+def cast(params: Any, dtype: Any) -> Any:
     """``params`` for compute ``dtype``, cast once, with the rule ``apply(dtype=...)`` applies per call.
 
     bfloat16 / float16 cast only the matmul and conv kernels (biases, norms and position tables stay
@@ -300,16 +301,29 @@ def cast(params: Params, dtype: Any) -> Params:
     ``apply(params, video, dtype=dtype)``, without casting the weights inside every call (for UMT-B
     in bfloat16 a noticeable share of the call; README).
 
+    A multi-modal model (a ``RetrievalModel`` or ``QAModel``: a pytree with a ``vision`` :class:`Params`
+    field) is cast whole to float32 / float64 (every floating leaf, as its ``astype``); bfloat16 /
+    float16 cast its vision tower's kernels by the rule above and leave the text side in float32.
+
     Raises:
-      TypeError: ``params`` is not :class:`Params`.
+      TypeError: ``params`` is neither :class:`Params` nor a multi-modal model.
       ValueError: ``dtype`` is not one of :data:`~tldr_jax.options.COMPUTE_DTYPES`.
     """
-    if not isinstance(params, Params):
+    vision = getattr(params, "vision", None)
+    multimodal = isinstance(vision, Params) and hasattr(params, "replace")
+    if not isinstance(params, Params) and not multimodal:
         got = type(params).__name__
-        raise TypeError(f"cast takes tldr_jax Params (from init, load or the converter); got {got}.")
+        raise TypeError(
+            f"cast takes tldr_jax Params or a RetrievalModel / QAModel (from init, load or the converter); "
+            f"got {got}."
+        )
     dt = check_dtype(dtype)
     if dt is None:
         raise ValueError(f"cast needs a dtype, one of {', '.join(COMPUTE_DTYPES)}; got None.")
+    if multimodal:
+        if is_low_precision(dt):
+            return params.replace(vision=cast(vision, dt))
+        return cast_floating(params, dt)
     return params.replace(tree=jax.jit(_cast_tree, static_argnums=1)(params.tree, dt))
 
 

@@ -8,6 +8,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["TreeDiff", "compare_trees", "flatten_tree", "tree_checksums", "unflatten_tree"]
@@ -95,3 +97,16 @@ def tree_checksums(tree: Mapping[str, Any]) -> dict[str, str]:
         p: f"{zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes()):08x}"
         for p, x in flatten_tree(tree).items()
     }
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """``tree`` with every floating leaf cast to ``dtype`` (integer and bool leaves unchanged).
+
+    The rule behind ``RetrievalModel.astype`` / ``QAModel.astype`` and :func:`tldr_jax.cast` for float32 /
+    float64 (use ``float64`` inside ``jax.enable_x64(True)``).
+    """
+
+    def cast(a: Any) -> Any:
+        return jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+
+    return jax.tree_util.tree_map(cast, tree)

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
@@ -32,6 +31,7 @@ from tldr_jax.configs import get_config
 from tldr_jax.text.bert import BertLayer, Embeddings, TextConfig, padding_bias
 from tldr_jax.text.decoder import AnswerDecoder, decoder_config, init_module
 from tldr_jax.text.tokenizer import Vocabulary, check_vocab, default_vocab
+from tldr_jax.trees import cast_floating
 
 Array = jax.Array
 
@@ -109,11 +109,7 @@ class QAModel:
 
     def astype(self, dtype: Any) -> QAModel:
         """Every floating leaf cast to ``dtype`` (use ``float64`` inside ``jax.enable_x64(True)``)."""
-
-        def cast(a: Any) -> Any:
-            return jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
-
-        return jax.tree_util.tree_map(cast, self)
+        return cast_floating(self, dtype)
 
 
 def check_parts(vision_width: int, pool_norm: bool, proj_dim: int, tc: TextConfig) -> None:

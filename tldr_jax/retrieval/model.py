@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -22,6 +21,7 @@ from tldr_jax.api import init as init_vision
 from tldr_jax.configs import get_config
 from tldr_jax.text.bert import TextConfig, init_text
 from tldr_jax.text.tokenizer import Vocabulary, check_vocab, default_vocab
+from tldr_jax.trees import cast_floating
 
 Array = jax.Array
 
@@ -55,11 +55,7 @@ class RetrievalModel:
 
     def astype(self, dtype: Any) -> RetrievalModel:
         """Every floating leaf cast to ``dtype`` (use ``float64`` inside ``jax.enable_x64(True)``)."""
-
-        def cast(a: Any) -> Any:
-            return jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
-
-        return jax.tree_util.tree_map(cast, self)
+        return cast_floating(self, dtype)
 
 
 def init(
