@@ -30,12 +30,9 @@ match the model).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
-import weakref
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,17 +41,28 @@ import jax
 import numpy as np
 
 from tldr_jax.api import Output, Params, cast, config_for_video, params_config, validate_video
-from tldr_jax.files import atomic_output, jsonable, write_text_atomic
+from tldr_jax.files import write_text_atomic
 from tldr_jax.options import ApplyOptions, check_int
 from tldr_jax.prefetch import prefetch
+from tldr_jax.results import (
+    ERRORS,
+    MANIFEST,
+    RUN_FILE,
+    append_jsonl,
+    check_run_file,
+    is_complete,
+    output_path,
+    read_jsonl,
+    read_meta,
+    reset_errors,
+    run_key,
+    run_settings,
+    save_npz_atomic,
+)
 from tldr_jax.schedule import check_schedule
 from tldr_jax.video import CLIP_EXTENSIONS, Preprocessing, load_clip, preprocessing_for
 
 PathLike = str | os.PathLike
-MANIFEST = "manifest.jsonl"
-ERRORS = "errors.jsonl"
-RUN_FILE = "run.json"
-FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,161 +79,6 @@ def list_inputs(in_dir: PathLike) -> list[Path]:
         p for p in root.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CLIP_EXTENSIONS
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Output files.
-# --------------------------------------------------------------------------------------------------
-
-
-def output_path(out_dir: PathLike, path: PathLike) -> Path:
-    """``out_dir/<input file name>.npz`` (the full name, so ``a.mp4`` and ``a.npy`` do not collide)."""
-    return Path(out_dir) / f"{Path(path).name}.npz"
-
-
-def save_npz_atomic(path: PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write an ``.npz`` so that ``path`` either does not exist or is complete (temp file + rename)."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(path)
-
-
-def read_meta(path: PathLike) -> dict[str, Any] | None:
-    """The ``meta`` record of a result file, or None when it is missing, truncated or not ours."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "pooled" not in data.files or "meta" not in data.files:
-                return None
-            return json.loads(str(data["meta"]))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
-        return None
-
-
-def is_complete(path: PathLike, run_key: str | None = None) -> bool:
-    """Whether ``path`` is a readable result file (made with ``run_key`` when given)."""
-    meta = read_meta(path)
-    return meta is not None and (run_key is None or meta.get("run_key") == run_key)
-
-
-def append_jsonl(path: PathLike, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (after a torn last line, on a line of its own)."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a+b") as f:
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = "\n" + line
-        f.write(line.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a torn last line (interrupted write) is ignored."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    records = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-# --------------------------------------------------------------------------------------------------
-# Run identity.
-# --------------------------------------------------------------------------------------------------
-
-
-#: ``id(params) -> (weak reference, fingerprint)``: a Params pytree is immutable, so repeated calls with
-#: the same object (a Ray actor calling run_directory once per batch) hash its weights once.
-_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
-
-
-def params_fingerprint(params: Params) -> str:
-    """A hash of the weights' names, shapes and bytes (identifies the model a result came from)."""
-    cached = _FINGERPRINTS.get(id(params))
-    if cached is not None and cached[0]() is params:
-        return cached[1]
-    digest = _params_fingerprint(params)
-    for key in [k for k, (ref, _) in _FINGERPRINTS.items() if ref() is None]:
-        del _FINGERPRINTS[key]
-    try:
-        _FINGERPRINTS[id(params)] = (weakref.ref(params), digest)
-    except TypeError:  # not weak-referenceable: not cached
-        pass
-    return digest
-
-
-def _params_fingerprint(params: Params) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(params.config.to_dict(), sort_keys=True).encode())
-    hash_tree(h, params.tree)
-    return h.hexdigest()
-
-
-def hash_tree(h: Any, tree: Any) -> None:
-    """Feed every leaf of ``tree`` (its path, shape, dtype and bytes, in path order) to the hash ``h``."""
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda kv: str(kv[0])):
-        arr = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}{arr.shape}{arr.dtype}".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-
-
-def run_settings(
-    params: Params, spec: Preprocessing, r: Any, save_tokens: bool, options: dict[str, Any]
-) -> dict[str, Any]:
-    """Everything a result depends on, as a JSON-friendly dict (stored in ``run.json``)."""
-    return {
-        "format": FORMAT_VERSION,
-        "params": params_fingerprint(params),
-        "arch": params.config.name,
-        "clip": clip_settings(spec),
-        "r": jsonable(r),
-        "save_tokens": bool(save_tokens),
-        "options": jsonable(dict(sorted(options.items()))),
-    }
-
-
-def clip_settings(spec: Preprocessing) -> dict[str, Any]:
-    """The preprocessing as JSON; ``trim_seconds`` only when set (so that results made before it
-    existed keep their run key)."""
-    clip = jsonable(dataclasses.asdict(spec))
-    if clip.get("trim_seconds") is None:
-        clip.pop("trim_seconds", None)
-    return clip
-
-
-def run_key(settings: dict[str, Any]) -> str:
-    """Short hash of :func:`run_settings`."""
-    return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
-
-
-def _check_run_file(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """Refuse an output directory whose ``run.json`` records other settings (reads only)."""
-    path = out_dir / RUN_FILE
-    if path.exists() and not overwrite:
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old = None
-        if old is not None and old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise ValueError(
-                f"{out_dir} holds results made with other settings (differing: {', '.join(diff)}); "
-                "use a new output directory, or overwrite=True to recompute everything."
-            )
-
-
-def _reset_errors(out_dir: Path) -> None:
-    """Start ``errors.jsonl`` afresh: every input without a result is retried and logged again if it
-    fails, so the file lists the failures of the latest run, once each (reruns used to append
-    duplicates)."""
-    (out_dir / ERRORS).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,23 +261,13 @@ def run_directory(
 
     settings = run_settings(params, spec, r, save_tokens, opts.non_default())
     key = run_key(settings)
-    _check_run_file(out_dir, settings, overwrite)
+    check_run_file(out_dir, settings, overwrite)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / RUN_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     summary = RunSummary(out_dir)
-
-    todo: list[Path] = []
-    logged = {rec.get("name") for rec in read_jsonl(out_dir / MANIFEST) if rec.get("run_key") == key}
-    for path in inputs:
-        dest = dest_of(path)
-        if not overwrite and is_complete(dest, key):
-            summary.skipped.append(path.name)
-            if path.name not in logged:  # finished, but interrupted before its manifest line
-                append_jsonl(out_dir / MANIFEST, {**(read_meta(dest) or {}), "output": dest.name})
-        else:
-            todo.append(path)
-    _reset_errors(out_dir)
+    todo = _pending(inputs, out_dir, key, overwrite, summary, dest_of)
+    reset_errors(out_dir)
 
     padded = parallel.padded_size(batch_size, parallel.local_device_count(mesh))
     if opts.dtype is not None and todo:  # cast the kernels once, not inside every batch (same values)
@@ -442,6 +285,16 @@ def run_directory(
         append_jsonl(out_dir / ERRORS, {"name": path.name, "error": message, "time": time.time()})
         bar.update(1)
 
+    def on_result(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        dest = save_npz_atomic(dest_of(path), {**arrays, "meta": np.asarray(json.dumps(meta))})
+        append_jsonl(out_dir / MANIFEST, {**meta, "output": dest.name})
+        summary.processed.append(path.name)
+        if meta.get("warnings"):
+            summary.warnings[path.name] = meta["warnings"]
+        bar.update(1)
+        if on_file_done is not None:
+            on_file_done(path.name, dest)
+
     if compile_cache and todo:
         from tldr_jax.compile_cache import enable_compile_cache
 
@@ -455,29 +308,52 @@ def run_directory(
             host = jax.tree_util.tree_map(np.asarray, out)
             per_clip = (time.perf_counter() - tic) / len(paths)
             for i, path in enumerate(paths):
-                arrays = result_arrays(host, i, save_tokens)
-                bad = sorted(k for k, v in arrays.items() if not np.isfinite(v).all())
-                if bad:
-                    on_error(path, f"non-finite model output ({', '.join(bad)} hold NaN/inf); nothing saved")
-                    continue
-                meta = {
-                    "name": path.name, "run_key": key, "tokens": list(out.schedule.tokens),
-                    "r": list(out.schedule.r), "seconds": round(per_clip, 4),
-                }
-                if notes[i]:
-                    meta["warnings"] = notes[i]
-                    summary.warnings[path.name] = notes[i]
-                arrays["meta"] = np.asarray(json.dumps(meta))
-                dest = save_npz_atomic(dest_of(path), arrays)
-                append_jsonl(out_dir / MANIFEST, {**meta, "output": dest.name})
-                summary.processed.append(path.name)
-                bar.update(1)
-                if on_file_done is not None:
-                    on_file_done(path.name, dest)
+                _emit(host, i, path, notes[i], key=key, seconds=per_clip, save_tokens=save_tokens,
+                      on_result=on_result, on_error=on_error)
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _pending(
+    inputs: Sequence[Path], out_dir: Path, key: str, overwrite: bool, summary: RunSummary,
+    dest_of: Callable[[Path], Path],
+) -> list[Path]:
+    """The inputs still to compute; those with a result of this run key go to ``summary.skipped`` (and
+    get the manifest line a run interrupted after writing their result had not written yet)."""
+    todo: list[Path] = []
+    logged = {rec.get("name") for rec in read_jsonl(out_dir / MANIFEST) if rec.get("run_key") == key}
+    for path in inputs:
+        dest = dest_of(path)
+        if not overwrite and is_complete(dest, key):
+            summary.skipped.append(path.name)
+            if path.name not in logged:
+                append_jsonl(out_dir / MANIFEST, {**(read_meta(dest) or {}), "output": dest.name})
+        else:
+            todo.append(path)
+    return todo
+
+
+def _emit(
+    host: Output, i: int, path: Path, notes: list[str], *, key: str, seconds: float, save_tokens: bool,
+    on_result: Callable[[Path, dict[str, np.ndarray], dict[str, Any]], None],
+    on_error: Callable[[Path, str], None],
+) -> None:
+    """Row ``i`` of a batch's host ``Output``: ``on_result(path, arrays, meta)``, or ``on_error`` when an
+    output is not finite (nothing saved)."""
+    arrays = result_arrays(host, i, save_tokens)
+    bad = sorted(k for k, v in arrays.items() if not np.isfinite(v).all())
+    if bad:
+        on_error(path, f"non-finite model output ({', '.join(bad)} hold NaN/inf); nothing saved")
+        return
+    meta = {
+        "name": path.name, "run_key": key, "tokens": list(host.schedule.tokens),
+        "r": list(host.schedule.r), "seconds": round(seconds, 4),
+    }
+    if notes:
+        meta["warnings"] = notes
+    on_result(path, arrays, meta)
 
 
 def _checked_clip(clip: Any, spec: Preprocessing) -> np.ndarray:

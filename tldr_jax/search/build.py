@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from tldr_jax.api import schedule
-from tldr_jax.batch import read_meta, run_directory, run_key, run_settings
+from tldr_jax.batch import run_directory
 from tldr_jax.files import jsonable
 from tldr_jax.options import ApplyOptions, check_int
+from tldr_jax.results import read_meta, run_key, run_settings
 from tldr_jax.retrieval.features import clip_preprocessing
 from tldr_jax.retrieval.model import RetrievalModel
 from tldr_jax.search import ray_engine, store

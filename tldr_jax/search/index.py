@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from usearch.index import Index
 
-from tldr_jax.batch import hash_tree, params_fingerprint
+from tldr_jax.results import hash_tree, params_fingerprint
 from tldr_jax.retrieval.checkpoint import load_retrieval_model
 from tldr_jax.retrieval.model import RetrievalModel
 from tldr_jax.search.locks import ReaderLock

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from usearch.index import Index
 
-from tldr_jax.batch import read_meta
 from tldr_jax.files import atomic_directory, write_text_atomic
+from tldr_jax.results import read_meta
 from tldr_jax.search.index import (
     HNSW_EXPANSION_ADD,
     HNSW_FILE,
