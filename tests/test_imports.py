@@ -58,7 +58,13 @@ def _graph(package: str) -> dict[str, set[str]]:
     return graph
 
 
-@pytest.mark.parametrize("package", ["checkpoints_convert", "tldr_jax/cli"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "checkpoints_convert", "tldr_jax/cli", "tldr_jax/text", "tldr_jax/retrieval", "tldr_jax/qa",
+        "tldr_jax/search",
+    ],
+)
 def test_no_import_cycles(package):
     """Between the modules of a package (the package ``__init__`` that re-exports them aside)."""
     dotted = package.replace("/", ".")
