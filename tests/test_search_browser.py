@@ -4,7 +4,8 @@ The server runs on a free loopback port (uvicorn in a thread) over a tiny random
 files. The expected first result of the query is the Python API's (``tldr_jax.search.search``); the query
 is the candidate word whose best video leads the second by the widest ITC margin, so the order is not a
 float tie. The test types the query, waits for the grid, checks the first card and its thumbnail, plays
-it, checks the error line of a bad query, and saves screenshots (their paths are printed; ``pytest -s``).
+it, checks that the vid-TLDR token view of the clip loaded beside the player, checks the error line of a
+bad query, and saves screenshots (their paths are printed; ``pytest -s``).
 
 Skipped with the reason when the browser (``apt-get install chromium``) or ``playwright`` is missing
 (``playwright install`` is never needed: the system browser is used).
@@ -17,14 +18,14 @@ import shutil
 
 import numpy as np
 import pytest
-import search_fixtures
-from search_fixtures import R_SPEC, WORDS
+from search_fixtures import TEXT, VISION, WORDS
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install "
                                "playwright; no `playwright install`: it uses the system chromium)")
 
+from tldr_jax import retrieval as R  # noqa: E402
 from tldr_jax.search import build_index, load_index, search  # noqa: E402
 from tldr_jax.search.server import create_app, serve_in_thread  # noqa: E402
 from tldr_jax.search.service import SearchService  # noqa: E402
@@ -35,7 +36,9 @@ if CHROMIUM is None:
     pytest.skip("the browser test needs Chromium: apt-get install chromium (or set TLDR_JAX_CHROMIUM)",
                 allow_module_level=True)
 
-model_dir = pytest.fixture(scope="module")(search_fixtures.model_dir)
+#: The tiny search model at 64 px (a 4 x 4 patch grid per frame, so the token view shows merging) with a
+#: schedule that merges: 64 -> 40 -> 28 -> 20 tokens.
+R_VIEW = (24, 12, 8)
 NAMES = ["beach_sunset.mp4", "city_traffic_at_night.mp4", "dog_catches_frisbee.mp4", "snowy_forest.mp4"]
 
 
@@ -54,14 +57,15 @@ def _frames(seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def served(model_dir, tmp_path_factory):
+def served(tmp_path_factory):
     """``(base_url, index_dir, query, expected first video, its row)`` with the server running."""
     folder = tmp_path_factory.mktemp("browser_videos")
     for i, name in enumerate(NAMES):
         write_video(folder / name, _frames(i), fps=8)
     index_dir = tmp_path_factory.mktemp("browser_idx") / "index"
-    model = search_fixtures.model(model_dir)  # one model for the build, the reference and the server
-    build_index(model, folder, index_dir, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
+    # one model object for the build, the reference and the server
+    model = R.init(0, "umt_b16", text_config=TEXT, vocab=WORDS, **{**VISION, "img_size": 64})
+    build_index(model, folder, index_dir, r=R_VIEW, batch_size=4, keep_tokens=True, progress=False)
     with load_index(index_dir, model) as index:
         def margin(word):
             hits = search(index, word, k=2)
@@ -95,6 +99,8 @@ def test_search_play_and_error_in_a_browser(served, page, tmp_path):
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    token_requests: list[str] = []
+    page.on("request", lambda r: token_requests.append(r.url) if "/api/tokens/" in r.url else None)
     page.goto(url + "/")
     sync_api.expect(page.locator("#status")).to_contain_text("ready", timeout=30_000)
 
@@ -119,6 +125,13 @@ def test_search_play_and_error_in_a_browser(served, page, tmp_path):
     assert page.evaluate("document.querySelector('#player').currentSrc").endswith(f"/media/{row}")
     page.wait_for_function("() => document.querySelector('#player').readyState >= 1", timeout=30_000)
     assert page.evaluate("document.querySelector('#player').videoWidth") == 128
+    # the vid-TLDR view of the clip beside the player: an image the browser decoded
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#token-img');"
+        " return i && !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    assert page.evaluate("document.querySelector('#token-img').naturalWidth") > 400
+    assert page.locator("#token-status").text_content() == ""
+    assert any(f"/api/tokens/{row}.png" in u for u in token_requests), token_requests
     player_png = tmp_path / "serve_player.png"
     page.screenshot(path=str(player_png), full_page=True)
 

@@ -94,3 +94,25 @@ def test_cli_ray_build_with_q_is_quiet_and_leaves_no_session_folder(tmp_path):
     assert "3 videos (3 encoded" in lines[0] or "3 videos (2 encoded, 1 reused" in lines[0], lines[0]
     assert run.stderr.strip() == "", run.stderr
     assert set(glob.glob(pattern)) == before
+
+
+def test_ray_encodes_windows_as_the_single_process_build(local_ray, tmp_path):
+    """An index of windows (moments) on Ray: the rows carry the windows, each actor reads its windows with
+    the same clip path, and the index equals the single-process one."""
+    from tldr_jax.video import write_video
+
+    model_dir = tmp_path / "model"
+    R.save(tiny_model(), model_dir)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    frames = np.random.default_rng(0).integers(0, 255, size=(12, 32, 32, 3), dtype=np.uint8)  # 6 s at 2 fps
+    write_video(folder / "v.mp4", frames, fps=2)
+    kw = dict(r=R_SPEC, batch_size=2, window=2, stride=1, progress=False)
+    on_ray = build_index(model_dir, folder, tmp_path / "ray_idx", engine="ray", actors=1, **kw)
+    local = build_index(model_dir, folder, tmp_path / "local_idx", **kw)
+    assert [(e.start, e.end, e.frame_range) for e in on_ray.entries] == [
+        (float(s), float(s + 2), (2 * s, 2 * s + 4)) for s in range(5)
+    ]
+    assert [e.to_json() for e in on_ray.entries] == [e.to_json() for e in local.entries]
+    assert sorted(on_ray.build.computed) == sorted(f"v.mp4#t={s},{s + 2}" for s in range(5))
+    np.testing.assert_allclose(on_ray.vectors, local.vectors, atol=1e-6)

@@ -1,7 +1,8 @@
-"""``tldr-jax serve``: the JSON API, media with range requests, thumbnails, reloads and bounded load.
+"""``tldr-jax serve``: the JSON API, media with range requests, thumbnails, the token view, reloads.
 
-In-process with Starlette's TestClient (the load test over loopback with uvicorn), a tiny random model and
-a collection of ``.npy`` clips plus two small MP4 files (one starting with black frames).
+In-process with Starlette's TestClient, a tiny random model and a collection of ``.npy`` clips plus two
+small MP4 files (one starting with black frames). The load tests over loopback with uvicorn are in
+``tests/test_search_load.py``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from tldr_jax.cli.main import main as cli_main  # noqa: E402
 from tldr_jax.search import build_index, search  # noqa: E402
-from tldr_jax.search.server import create_app, serve_in_thread  # noqa: E402
+from tldr_jax.search.server import create_app  # noqa: E402
 from tldr_jax.search.service import Limits, SearchService  # noqa: E402
 from tldr_jax.search.thumbnails import THUMBNAIL_DIR, representative_frame  # noqa: E402
 from tldr_jax.video.decode import write_video  # noqa: E402
@@ -113,6 +111,9 @@ def test_search_returns_the_hits_of_the_python_api(client, index_dir):
         ("/api/videos/99", 404, "no video 99: the index holds rows 0 to 5"),
         ("/api/similar/99", 404, "no video 99"),
         ("/api/thumbnails/99.jpg", 404, "no video 99"),
+        ("/api/tokens/99.png", 404, "no video 99: the index holds rows 0 to 5"),
+        ("/api/tokens/-1.png", 404, "Not Found"),
+        ("/api/tokens/../index.json", 404, "Not Found"),
         ("/media/99", 404, "no video 99"),
         ("/api/videos/-1", 404, "Not Found"),
         ("/api/nothing", 404, "Not Found"),
@@ -136,6 +137,7 @@ def test_info_health_videos_and_page(client, index_dir, collection):
     row = _row(client, "bright.mp4")
     video = client.get(f"/api/videos/{row}").json()
     assert video["playable"] and video["media"] == f"/media/{row}" and video["frames"] == 4
+    assert video["tokens"] == f"/api/tokens/{row}.png"
     assert video["path"] == str(collection / "bright.mp4")
     npy = client.get(f"/api/videos/{_row(client, 'clip0.npy')}").json()
     assert not npy["playable"]
@@ -188,7 +190,7 @@ def test_entry_paths_outside_the_collection_are_never_opened(model_dir, index_di
     (copy / "index.json").write_text(json.dumps(info))
     client, _ = _client(copy)
     with client:
-        for url in (f"/media/{row}", f"/api/thumbnails/{row}.jpg"):
+        for url in (f"/media/{row}", f"/api/thumbnails/{row}.jpg", f"/api/tokens/{row}.png"):
             got = client.get(url)
             error = got.json()["error"]
             assert got.status_code == 404 and "not inside the collection root" in error, error
@@ -211,10 +213,61 @@ def test_thumbnails_show_a_representative_frame_and_are_cached(client, index_dir
     assert representative_frame(collection / "dark_start.mp4").mean() > 40
 
 
+def test_token_view_is_the_indexed_run_of_the_clip(client, index_dir):
+    """The view runs the index's model with the index's schedule on the clip as the build read it: its
+    merged tokens are the stored ones, and the PNG (frames, saliency, groups) is served and cached."""
+    import io
+
+    from PIL import Image
+
+    from tldr_jax.search import load_index
+    from tldr_jax.search.token_view import MAX_FRAMES, TOKEN_VIEW_DIR, analyze_row, render_view
+
+    with load_index(index_dir) as index:
+        for row in range(len(index)):
+            view = analyze_row(index, row)
+            np.testing.assert_allclose(view.tokens, index.tokens[row], atol=1e-5)
+            m = view.maps
+            assert m.grid == (4, 2, 2) and m.tokens_in == 16 and m.tokens_out == index.settings["tokens"][-1]
+            assert m.num_groups == m.tokens_out and m.saliency is not None and m.saliency_layer == 0
+            assert view.frames.dtype == np.uint8 and view.frames.shape == (4, 32, 32, 3)
+            stats = view.stats()
+            assert stats["merged"] == int((m.group_size > 1).sum()) and 0 < stats["merged"] <= 16
+        for name in ("bright.mp4", "clip1.npy"):
+            row = _row(client, name)
+            got = client.get(f"/api/tokens/{row}.png")
+            assert got.status_code == 200 and got.headers["content-type"] == "image/png", got.text
+            img = np.asarray(Image.open(io.BytesIO(got.content)).convert("RGB"))
+            expected = render_view(analyze_row(index, row))
+            assert img.shape == expected.shape and np.array_equal(img, expected)
+            # 4 frames of 32 px enlarged to 128 px tiles: one column per frame, three rows
+            assert img.shape[1] > MAX_FRAMES * 128 and img.shape[0] > 3 * 128
+            entry = index.entries[row]
+            cached = list((index_dir / TOKEN_VIEW_DIR).glob(f"{entry.sha256[:32]}-*.png"))
+            assert len(cached) == 1 and cached[0].read_bytes() == got.content
+            assert client.get(f"/api/tokens/{row}.png").content == got.content  # from the cache
+
+
+def test_token_view_needs_the_model_and_a_valid_frame_count(index_dir):
+    from tldr_jax.search import load_index
+    from tldr_jax.search.token_view import analyze_row, render_view
+
+    with load_index(index_dir, False) as index, pytest.raises(ValueError, match="opened without a model"):
+        index.clip(0)
+    with load_index(index_dir) as index:
+        with pytest.raises(IndexError, match="no video 6"):
+            index.clip(6)
+        view = analyze_row(index, 0)
+        with pytest.raises(ValueError, match="max_frames must be at least 1"):
+            render_view(view, max_frames=0)
+        two = render_view(view, max_frames=2, min_tile=32)
+        assert two.shape[1] < render_view(view, min_tile=32).shape[1]
+
+
 def test_warming_up_answers_503(index_dir):
     service = SearchService(index_dir)
     with TestClient(create_app(service, warm_up=False)) as client:
-        for url in ("/api/search?q=w1", "/api/info", "/api/videos/0", "/media/0"):
+        for url in ("/api/search?q=w1", "/api/info", "/api/videos/0", "/media/0", "/api/tokens/0.png"):
             got = client.get(url)
             assert got.status_code == 503 and "warming up" in got.json()["error"]
         assert client.get("/api/health").json() == {"status": "warming up"}
@@ -257,69 +310,6 @@ def test_a_reindex_is_picked_up_without_a_failed_query(model_dir, collection, tm
         hits = client.get("/api/search", params={"q": QUERIES[1], "k": 8, "rerank": 0}).json()["hits"]
         assert {h["video"] for h in hits} >= {"extra0.npy", "extra1.npy"}
     assert not errors, errors[:3]
-
-
-def _load(url, clients, queries, errors, until=None, generations=None):
-    """``clients`` threads each sending ``queries`` searches (every fifth re-ranked) to ``url``, and more
-    until the event ``until`` is set; returns the number of full answers (3 hits) per client; failures go
-    to ``errors``, the generations answered from to the set ``generations``."""
-    counts = []
-
-    def client(c):
-        n, i = 0, 0
-        while i < queries or (until is not None and not until.is_set()):
-            i += 1
-            q = urllib.parse.urlencode({"q": QUERIES[(c + i) % len(QUERIES)], "k": 3,
-                                        "rerank": 4 if i % 5 == 0 else 0})
-            try:
-                with urllib.request.urlopen(f"{url}/api/search?{q}", timeout=60) as r:
-                    body = json.loads(r.read())
-                n += len(body["hits"]) == 3
-                if generations is not None:
-                    generations.add(body["generation"])
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                errors.append(repr(err))
-        counts.append(n == i)
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return counts
-
-
-def test_concurrent_clients_on_loopback_get_no_errors(index_dir):
-    service = SearchService(index_dir)
-    service.warm_up()
-    errors = []
-    with serve_in_thread(create_app(service, max_concurrency=2, warm_up=False)) as url:
-        counts = _load(url, 4, 25, errors)
-    assert not errors and counts == [True] * 4, (errors[:3], counts)
-
-
-def test_loopback_load_while_the_index_is_rebuilt_twice(model_dir, collection, tmp_path):
-    folder = tmp_path / "videos"
-    shutil.copytree(collection, folder)
-    out = tmp_path / "index"
-    build_index(model_dir, folder, out, r=R_SPEC, batch_size=4, keep_tokens=True, progress=False)
-    service = SearchService(out)
-    service.warm_up()
-    first = service.current().generation
-    errors, counts, generations, rebuilt = [], [], set(), threading.Event()
-    with serve_in_thread(create_app(service, max_concurrency=2, warm_up=False)) as url:
-        load = threading.Thread(target=lambda: counts.extend(_load(url, 4, 50, errors, rebuilt, generations)))
-        load.start()
-        try:
-            _add_and_reindex(model_dir, folder, out, 2)
-        finally:
-            rebuilt.set()
-            load.join()
-        with urllib.request.urlopen(f"{url}/api/info", timeout=60) as r:
-            info = json.loads(r.read())
-    assert not errors and counts == [True] * 4, (errors[:3], counts)
-    assert info["videos"] == 8 and info["generation"] != first
-    assert first in generations and len(generations) >= 2, generations  # switched while under load
 
 
 def test_cli_serve_refuses_bad_input_in_one_line(tmp_path, model_dir, collection, capsys):

@@ -60,9 +60,12 @@ from tldr_jax.results import (
     save_npz_atomic,
 )
 from tldr_jax.schedule import check_schedule
-from tldr_jax.video import CLIP_EXTENSIONS, Preprocessing, load_clip, preprocessing_for
+from tldr_jax.video import CLIP_EXTENSIONS, Preprocessing, Segment, load_clip, preprocessing_for
 
 PathLike = str | os.PathLike
+#: One input of a run: a file, or a window of a video file (:class:`~tldr_jax.video.Segment`); both
+#: have a ``name`` (``clip.mp4``, ``clip.mp4#t=20,30``) that names its result.
+Source = Path | Segment
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,11 +118,12 @@ class RunSummary:
         )
 
 
-Item = tuple[Path, "np.ndarray | None", "str | None", list[str]]
+Item = tuple[Source, "np.ndarray | None", "str | None", list[str]]
 
 
 def _read_ahead(
-    paths: Sequence[Path], read: Callable[[Path, Callable[[str], None]], np.ndarray], workers: int, depth: int
+    paths: Sequence[Source], read: Callable[[Source, Callable[[str], None]], np.ndarray], workers: int,
+    depth: int,
 ) -> Iterator[Item]:
     """``(path, clip, None, notes)`` or ``(path, None, error, notes)`` in order, reading up to ``depth``
     ahead (:func:`tldr_jax.prefetch.prefetch`); ``notes`` are the warnings the reader reported for that
@@ -138,10 +142,10 @@ def _read_ahead(
 def _batches(
     items: Iterable[Item],
     batch_size: int,
-    on_error: Callable[[Path, str], None],
-) -> Iterator[tuple[list[Path], list[np.ndarray], list[list[str]]]]:
+    on_error: Callable[[Source, str], None],
+) -> Iterator[tuple[list[Source], list[np.ndarray], list[list[str]]]]:
     """Group readable clips into lists of ``batch_size`` (the last may be shorter); report the others."""
-    paths: list[Path] = []
+    paths: list[Source] = []
     clips: list[np.ndarray] = []
     notes: list[list[str]] = []
     for path, clip, err, note in items:
@@ -207,8 +211,12 @@ def run_directory(
       num_frames: frames per clip (default: the model's); sinusoidal-position models accept others.
       batch_size: clips per forward pass. Every batch is padded to this size (rounded up to a multiple
         of the device count), so one compiled program serves the whole run.
-      sampling, normalization, mean, std, pad: preprocessing overrides (default: the model family's
-        evaluation preprocessing, :func:`tldr_jax.video.preprocessing_for`).
+      sampling: frame sampling override (default: the model family's evaluation preprocessing,
+        :func:`tldr_jax.video.preprocessing_for`; the same for the next four).
+      normalization: a named normalisation override (``tldr_jax.video.NORMALIZATION``).
+      mean: per-channel mean override, on the ``[0, 1]`` scale.
+      std: per-channel standard deviation override, on the ``[0, 1]`` scale.
+      pad: pad short videos by repeating their last frame instead of refusing them.
       preprocessing: the whole :class:`~tldr_jax.video.Preprocessing` instead of those overrides (e.g.
         the retrieval evaluation's, trimming included: the index and the evaluation read clips alike).
       save_tokens: also store the ``(N', D)`` output tokens and their ``(N', 1)`` sizes.
@@ -220,7 +228,9 @@ def run_directory(
         float32``).
       on_file_done: called as ``on_file_done(name, npz_path)`` after each result is on disk.
       inputs: the input files to encode, in place of listing ``in_dir`` (then ``in_dir`` is only
-        recorded; files may lie in sub-directories).
+        recorded; files may lie in sub-directories), or :class:`~tldr_jax.video.Segment` s (a window
+        of a video file, read by :func:`~tldr_jax.video.load_clip` as one clip; named ``clip.mp4#t=20,30``
+        in the summary, and passed as they are to ``reader`` and ``output_name``).
       output_name: names each result file, ``output_name(path) -> "KEY.npz"`` (default: the input's
         name + ``.npz``); e.g. a content hash, so that a changed file is recomputed and equal files
         share one result (:mod:`tldr_jax.search.build` does this).
@@ -234,7 +244,7 @@ def run_directory(
       :class:`RunSummary`.
 
     Raises:
-      ValueError / TypeError / FileNotFoundError / NotADirectoryError: a bad argument (options, ``r``
+      ValueError, TypeError, FileNotFoundError, NotADirectoryError: a bad argument (options, ``r``
         for this model, frames, preprocessing, batch size, directories), raised before anything is
         written: a failed call leaves ``out_dir`` as it was. Unreadable inputs and inputs whose
         outputs are not finite do not raise: they are listed in ``errors.jsonl`` and
@@ -256,8 +266,10 @@ def run_directory(
     )
     out_dir = Path(out_dir)
 
-    def dest_of(path: Path) -> Path:
-        return output_path(out_dir, path) if output_name is None else out_dir / output_name(path)
+    def dest_of(path: Source) -> Path:
+        if output_name is not None:
+            return out_dir / output_name(path)
+        return out_dir / f"{path.name}.npz" if isinstance(path, Segment) else output_path(out_dir, path)
 
     settings = run_settings(params, spec, r, save_tokens, opts.non_default())
     key = run_key(settings)
@@ -274,18 +286,18 @@ def run_directory(
         params = cast(params, opts.dtype)
     params = parallel.replicate(params, mesh)
 
-    def read(path: Path, note: Callable[[str], None]) -> np.ndarray:
+    def read(path: Source, note: Callable[[str], None]) -> np.ndarray:
         clip = load_clip(path, spec, on_warning=note) if reader is None else reader(path, spec)
         return _checked_clip(clip, spec)
 
     bar = tqdm(total=len(inputs), initial=len(summary.skipped), unit="clip", disable=not progress)
 
-    def on_error(path: Path, message: str) -> None:
+    def on_error(path: Source, message: str) -> None:
         summary.failed[path.name] = message
         append_jsonl(out_dir / ERRORS, {"name": path.name, "error": message, "time": time.time()})
         bar.update(1)
 
-    def on_result(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    def on_result(path: Source, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         dest = save_npz_atomic(dest_of(path), {**arrays, "meta": np.asarray(json.dumps(meta))})
         append_jsonl(out_dir / MANIFEST, {**meta, "output": dest.name})
         summary.processed.append(path.name)
@@ -317,12 +329,12 @@ def run_directory(
 
 
 def _pending(
-    inputs: Sequence[Path], out_dir: Path, key: str, overwrite: bool, summary: RunSummary,
-    dest_of: Callable[[Path], Path],
-) -> list[Path]:
+    inputs: Sequence[Source], out_dir: Path, key: str, overwrite: bool, summary: RunSummary,
+    dest_of: Callable[[Source], Path],
+) -> list[Source]:
     """The inputs still to compute; those with a result of this run key go to ``summary.skipped`` (and
     get the manifest line a run interrupted after writing their result had not written yet)."""
-    todo: list[Path] = []
+    todo: list[Source] = []
     logged = {rec.get("name") for rec in read_jsonl(out_dir / MANIFEST) if rec.get("run_key") == key}
     for path in inputs:
         dest = dest_of(path)
@@ -336,9 +348,9 @@ def _pending(
 
 
 def _emit(
-    host: Output, i: int, path: Path, notes: list[str], *, key: str, seconds: float, save_tokens: bool,
-    on_result: Callable[[Path, dict[str, np.ndarray], dict[str, Any]], None],
-    on_error: Callable[[Path, str], None],
+    host: Output, i: int, path: Source, notes: list[str], *, key: str, seconds: float, save_tokens: bool,
+    on_result: Callable[[Source, dict[str, np.ndarray], dict[str, Any]], None],
+    on_error: Callable[[Source, str], None],
 ) -> None:
     """Row ``i`` of a batch's host ``Output``: ``on_result(path, arrays, meta)``, or ``on_error`` when an
     output is not finite (nothing saved)."""
@@ -405,7 +417,7 @@ def _validate_run(
     on_file_done: Any,
     apply_kwargs: dict[str, Any],
     files: Any = None,
-) -> tuple[ApplyOptions, Preprocessing, list[Path], Any]:
+) -> tuple[ApplyOptions, Preprocessing, list[Source], Any]:
     """Check every argument of :func:`run_directory` (reads only); return the apply options, the
     preprocessing, the inputs and the mesh."""
     from tldr_jax import parallel
@@ -436,8 +448,8 @@ def _validate_run(
     if files is None:
         inputs = list_inputs(in_dir)
     else:
-        inputs = [Path(f) for f in files]
-        missing = [str(f) for f in inputs if not f.is_file()]
+        inputs = [f if isinstance(f, Segment) else Path(f) for f in files]
+        missing = [str(f) for f in inputs if not (f.path if isinstance(f, Segment) else f).is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} input file(s) do not exist, e.g. {missing[0]}.")
     if mesh is None:

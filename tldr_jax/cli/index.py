@@ -5,6 +5,8 @@ Examples::
     tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index                 # r = msrvtt
     tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --keep-tokens   # for --rerank
     tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --engine ray    # on Ray
+    tldr-jax index videos/ --model ckpt/umt_b16_ret --out videos.index --window 10     # moments: 10 s
+                                                                       # windows every 5 s
 
 Rerunning after adding or changing files encodes only those files; an index built with another model or
 schedule is refused (``--overwrite`` rebuilds it). Progress goes to stderr, the summary to stdout.
@@ -40,6 +42,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=common.positive_int, default=None, help="frames per clip (the model's)")
     p.add_argument("--trim-seconds", type=common.positive_float, default=None, metavar="S",
                    help="sample only the first S seconds of each video (DiDeMo's evaluation: 30)")
+    p.add_argument("--window", type=common.positive_float, default=None, metavar="SECONDS",
+                   help="index each video as overlapping windows of SECONDS (moments; search returns the "
+                        "best window of each video); default one clip per file")
+    p.add_argument("--stride", type=common.positive_float, default=None, metavar="SECONDS",
+                   help="--window: seconds between window starts (default: half the window)")
     p.add_argument("--keep-tokens", action="store_true",
                    help="also store the merged video tokens (needed by search --rerank)")
     p.add_argument("--approximate", action="store_true",
@@ -58,6 +65,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _check_window(args: argparse.Namespace) -> None:
+    """``--window`` / ``--stride`` / ``--trim-seconds`` together make sense (one line naming the fix)."""
+    from tldr_jax.video.windows import check_window
+
+    if args.window is None:
+        if args.stride is not None:
+            raise common.CliError(f"--stride {args.stride:g} needs --window SECONDS (the window length); add "
+                                  "--window, or drop --stride.")
+        return
+    if args.trim_seconds is not None:
+        raise common.CliError(f"--window {args.window:g} and --trim-seconds {args.trim_seconds:g}: windows "
+                              "cover the whole video; give one of them.")
+    with common.as_flags({"window": "--window", "stride": "--stride"}):
+        check_window(args.window, args.stride)
+
+
 def size(n: int) -> str:
     """Bytes in B / KiB / MiB / GiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -74,6 +97,7 @@ def main(args: argparse.Namespace) -> int:
     if args.actors is not None and args.engine != "ray":
         raise common.CliError(f"--actors {args.actors} needs --engine ray (the local engine runs in this "
                               "process); add --engine ray, or drop --actors.")
+    _check_window(args)
     common.output_file(args.out, "--out", directory=True)  # before any model load or decode
     opts = common.apply_options(args).non_default()
     source = sources.resolve_model(args.model, kind="umt_retrieval", quiet=args.quiet)
@@ -83,15 +107,16 @@ def main(args: argparse.Namespace) -> int:
         str(source.path), args.videos, args.out, r=r, batch_size=args.batch_size,
         keep_tokens=args.keep_tokens,
         approximate=args.approximate, num_frames=args.frames, trim_seconds=args.trim_seconds,
-        engine=args.engine, actors=args.actors,
+        window=args.window, stride=args.stride, engine=args.engine, actors=args.actors,
         skip_unreadable=args.skip_bad, overwrite=args.overwrite, progress=not args.quiet, **opts,
     )
     rep, s, b = index.build, index.settings, index.sizes()
     for name, err in rep.failed.items():
         print(f"{common.PROG}: warning: skipped {name}: {err}", file=sys.stderr, flush=True)
-    common.say(
-        f"index   {index.path}: {rep.summary(len(index))}"
-    )
+    windows = len(index) if index.windowed else None
+    common.say(f"index   {index.path}: {rep.summary(index.video_count, windows)}")
+    if index.windowed:
+        common.say(f"windows {s['window']:g} s every {s['stride']:g} s (the last aligned to the video's end)")
     merging = "vid-TLDR on" if s["vid_tldr"] else "no merging"
     common.say(
         f"model   {index.info['model_dir']}: {s['arch']}, {s['num_frames']} frames, r={format_r(r)}: "

@@ -10,7 +10,9 @@ Files become clips exactly as the retrieval evaluation reads them
 (:func:`tldr_jax.retrieval.features.clip_preprocessing`, trimming included), and are encoded by
 :func:`tldr_jax.batch.run_directory` (or on Ray, :mod:`tldr_jax.search.ray_engine`) into the index's
 content-keyed ``cache/``; the index is then written from the cache (:mod:`tldr_jax.search.index`
-describes the files). Re-indexing encodes only new or changed files.
+describes the files). Re-indexing encodes only new or changed files. With ``window``, every video file
+is indexed as overlapping time windows (:mod:`tldr_jax.video.windows`), each window one clip, cached,
+encoded and re-indexed on its own.
 """
 
 from __future__ import annotations
@@ -23,16 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tldr_jax.api import schedule
 from tldr_jax.batch import run_directory
 from tldr_jax.files import jsonable
-from tldr_jax.options import ApplyOptions, check_int
+from tldr_jax.options import check_int
 from tldr_jax.results import read_meta, run_key, run_settings
 from tldr_jax.retrieval.features import clip_preprocessing
 from tldr_jax.retrieval.model import RetrievalModel
 from tldr_jax.search import ray_engine, store
+from tldr_jax.search.build_settings import ENGINES, BuildReport, BuildSettings
 from tldr_jax.search.collection import collect_videos, collection_root, index_entries
 from tldr_jax.search.index import (
     CACHE_DIR,
@@ -40,6 +41,7 @@ from tldr_jax.search.index import (
     INDEX_FILE,
     INDEX_KIND,
     VECTORS_FILE,
+    WINDOWS_FORMAT,
     IndexEntry,
     VideoIndex,
     check_identity,
@@ -49,111 +51,11 @@ from tldr_jax.search.index import (
     resolve_model,
 )
 from tldr_jax.search.locks import LOCK_FILES, writer_lock
-from tldr_jax.video import Preprocessing
+from tldr_jax.video import Preprocessing, file_windows
 
 PathLike = str | os.PathLike
-ENGINES: tuple[str, ...] = ("local", "ray")
 
 __all__ = ["ENGINES", "BuildReport", "BuildSettings", "build_index", "encode_shard"]
-
-
-@dataclasses.dataclass
-class BuildReport:
-    """What :func:`build_index` did.
-
-    Attributes:
-      computed: videos encoded in this run. reused: videos whose features were already in the cache.
-      failed: video -> error, for files that could not be read (left out with ``skip_unreadable=True``).
-      engine: ``"local"`` or ``"ray"``. seconds: wall time of the whole build (hashing, encoding, writing).
-      encode_seconds: time spent encoding (the ``run_directory`` / Ray stage).
-      generation: the data directory the index now reads. written: whether this build wrote a new
-        generation (False when nothing the vectors depend on changed).
-      recached: videos whose cached results were unusable and were encoded again (``overwrite=True``).
-    """
-
-    computed: list[str] = dataclasses.field(default_factory=list)
-    reused: list[str] = dataclasses.field(default_factory=list)
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)
-    engine: str = "local"
-    seconds: float = 0.0
-    encode_seconds: float = 0.0
-    generation: str = ""
-    written: bool = False
-    recached: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def videos_per_second(self) -> float:
-        """Videos encoded per second of encoding (0 when nothing was encoded)."""
-        return len(self.computed) / self.encode_seconds if self.computed and self.encode_seconds > 0 else 0.0
-
-    def summary(self, videos: int) -> str:
-        """One line for an index of ``videos`` videos: counts, time, and the encoding rate (or, when
-        nothing was encoded, that every video was reused)."""
-        reused = len(self.reused)
-        if self.computed:
-            rate = f"{self.videos_per_second:.2f} videos/s encoding"
-        else:
-            rate = f"nothing to encode: all {reused} reused" if not self.failed else "nothing to encode"
-        return (
-            f"{_count(videos, 'video')} ({len(self.computed)} encoded, {reused} reused, {len(self.failed)} "
-            f"skipped) in {self.seconds:.1f} s; {rate} (engine {self.engine})"
-        )
-
-
-def _count(n: int, word: str) -> str:
-    """``1 video``, ``2 videos``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-@dataclasses.dataclass(frozen=True)
-class BuildSettings:
-    """The arguments of :func:`build_index` / :func:`encode_shard` (see :func:`build_index`).
-
-    Attributes:
-      r, batch_size, keep_tokens, approximate, num_frames, trim_seconds, engine, actors,
-        skip_unreadable, overwrite, workers, progress: as :func:`build_index` takes them.
-      options: the non-default :func:`tldr_jax.apply` options.
-      shard: ``(index, count)`` for :func:`encode_shard` (encode a share, write no index), else None.
-    """
-
-    r: Any = "msrvtt"
-    batch_size: int = 8
-    keep_tokens: bool = False
-    approximate: bool = False
-    num_frames: int | None = None
-    trim_seconds: float | None = None
-    engine: str = "local"
-    actors: int | None = None
-    skip_unreadable: bool = False
-    overwrite: bool = False
-    workers: int = 2
-    progress: bool = True
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    shard: tuple[int, int] | None = None
-
-    @classmethod
-    def checked(cls, apply_options: dict[str, Any], **fields: Any) -> BuildSettings:
-        """The settings with every field checked (``ValueError`` / ``TypeError`` naming the bad one)."""
-        shard = fields.get("shard")
-        if shard is not None and (
-            not isinstance(shard, (tuple, list)) or len(shard) != 2
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
-            or not 0 <= shard[0] < shard[1]
-        ):
-            raise ValueError(f"shard must be (index, count) with 0 <= index < count; got {shard!r}.")
-        s = cls(**fields)
-        check_int("batch_size", s.batch_size, minimum=1)
-        check_int("workers", s.workers, minimum=0)
-        if s.actors is not None:
-            check_int("actors", s.actors, minimum=1)
-        for name in ("keep_tokens", "approximate", "skip_unreadable", "overwrite", "progress"):
-            if not isinstance(getattr(s, name), (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False; got {getattr(s, name)!r}.")
-        if s.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {s.engine!r}.")
-        opts = ApplyOptions.from_kwargs(apply_options, where="build_index").non_default()
-        shard = None if shard is None else (int(shard[0]), int(shard[1]))
-        return dataclasses.replace(s, options=opts, shard=shard)
 
 
 @dataclasses.dataclass
@@ -205,8 +107,8 @@ def _check_out(out: Path, overwrite: bool) -> dict[str, Any] | None:
 
 
 def _identity(model: RetrievalModel, s: BuildSettings, prep: Preprocessing, sched: Any) -> dict[str, Any]:
-    """The index's ``settings``: what its features depend on (``trim_seconds`` only when set, so that
-    indexes written before it existed keep their identity)."""
+    """The index's ``settings``: what its features depend on (``trim_seconds``, ``window`` and ``stride``
+    only when set, so that indexes written before they existed keep their identity)."""
     identity = {
         "model": model_fingerprint(model),
         "arch": model.vision.config.name,
@@ -220,6 +122,8 @@ def _identity(model: RetrievalModel, s: BuildSettings, prep: Preprocessing, sche
     }
     if prep.trim_seconds is not None:
         identity["trim_seconds"] = prep.trim_seconds
+    if s.window is not None:
+        identity["window"], identity["stride"] = s.window, s.stride
     return identity
 
 
@@ -256,8 +160,13 @@ def _locked(job: _Job, s: BuildSettings) -> _Job:
     :func:`_prepare` looked), checked again, and the entries (files hashed unless unchanged)."""
     previous = _check_out(job.out, s.overwrite)
     _check_previous(previous, job.identity, job.out, s)
-    old_entries = {e["path"]: IndexEntry.from_json(e) for e in (previous or {}).get("entries", [])}
-    entries = index_entries(job.folder, job.files, old_entries)
+    old_entries: dict[str, list[IndexEntry]] = {}
+    for rec in (previous or {}).get("entries", []):
+        old_entries.setdefault(rec["path"], []).append(IndexEntry.from_json(rec))
+    old_settings = (previous or {}).get("settings", {})
+    same_windows = all(old_settings.get(k) == job.identity.get(k) for k in ("window", "stride"))
+    windows = None if s.window is None else (lambda f: file_windows(f, s.window, s.stride))
+    entries = index_entries(job.folder, job.files, old_entries, windows, reuse_windows=same_windows)
     return dataclasses.replace(job, previous=previous, entries=entries)
 
 
@@ -274,17 +183,17 @@ def _encode(job: _Job, s: BuildSettings) -> tuple[Any, BuildReport]:
     tokens_shape = (job.schedule.tokens[-1], job.model.vision.config.embed_dim) if s.keep_tokens else None
     recached = store.check_cache(job.cache, job.entries, job.key, job.model.text_config.embed_dim,
                                  tokens_shape, s.overwrite)
-    names = {e.path: e.result_name for e in job.entries}
+    names = {e.source(): e.result_name for e in job.entries}  # a file, or a window of it
     tic = time.perf_counter()
     if s.engine == "local":
         summary = run_directory(
-            job.model.vision, job.cache, job.cache, inputs=job.files, output_name=lambda p: names[str(p)],
+            job.model.vision, job.cache, job.cache, inputs=list(names), output_name=names.__getitem__,
             r=s.r, preprocessing=job.prep, batch_size=s.batch_size, save_tokens=s.keep_tokens,
             workers=s.workers, progress=s.progress, **s.options,
         )
     else:
         summary = ray_engine.encode(
-            job.model_dir, job.files, job.cache, names, r=s.r, preprocessing=job.prep,
+            job.model_dir, job.cache, names, r=s.r, preprocessing=job.prep,
             batch_size=s.batch_size, keep_tokens=s.keep_tokens, progress=s.progress, options=s.options,
             actors=s.actors,
         )
@@ -303,7 +212,7 @@ def _collect(job: _Job, s: BuildSettings, summary: Any, report: BuildReport) -> 
             done.append(dataclasses.replace(e, frames=job.prep.num_frames,
                                             warnings=tuple(meta.get("warnings", ()))))
         else:
-            report.failed[e.video] = summary.failed.get(Path(e.path).name, "not encoded")
+            report.failed[e.label] = summary.failed.get(e.source().name, "not encoded")
     if report.failed and not s.skip_unreadable:
         name, err = next(iter(report.failed.items()))
         err = err if len(err) <= 200 else err[:200] + " ..."
@@ -329,7 +238,7 @@ def _reusable(job: _Job, entries: list[IndexEntry], approximate: bool, overwrite
     return (
         prev is not None and not overwrite and prev["settings"] == job.identity
         and bool(prev.get("approximate")) == approximate
-        and [e["sha256"] for e in prev["entries"]] == [e.sha256 for e in entries]
+        and [IndexEntry.from_json(e).result_name for e in prev["entries"]] == [e.result_name for e in entries]
         and (job.out / prev["data"] / VECTORS_FILE).is_file()
     )
 
@@ -349,7 +258,7 @@ def _write_index(job: _Job, entries: list[IndexEntry], s: BuildSettings, report:
     nbytes["cache"] = sum(f.stat().st_size for f in job.cache.glob("*.npz"))
     info = {
         "kind": INDEX_KIND,
-        "format": FORMAT_VERSION,
+        "format": FORMAT_VERSION if job.identity.get("window") is None else WINDOWS_FORMAT,
         "settings": job.identity,
         "model_dir": job.model_dir,
         "root": job.root,
@@ -383,6 +292,8 @@ def build_index(
     approximate: bool = False,
     num_frames: int | None = None,
     trim_seconds: float | None = None,
+    window: float | None = None,
+    stride: float | None = None,
     engine: str = "local",
     actors: int | None = None,
     skip_unreadable: bool = False,
@@ -409,31 +320,40 @@ def build_index(
         reads them (:func:`~tldr_jax.retrieval.features.clip_preprocessing`: middle frame of equal
         segments, short videos padded), so both give the same features.
       trim_seconds: sample only the first seconds of each video (DiDeMo's evaluation: 30), or None.
+      window: index each video file as time windows of this many seconds (moments), each window one
+        clip (the frames sampled within it as a whole video is sampled) and one row of the index, with
+        its ``start`` / ``end`` seconds; the rule for the tail and for short videos is
+        :mod:`tldr_jax.video.windows`'s. None: one clip per file. ``.npy`` clips (no frame rate) are
+        always read whole. Not with ``trim_seconds``.
+      stride: seconds between window starts (default ``window / 2``; at most ``window``).
       engine: ``"local"`` (:func:`tldr_jax.batch.run_directory` in this process) or ``"ray"`` (``ray.data``
         batch inference, one actor per accelerator; :mod:`tldr_jax.search.ray_engine`).
       actors: Ray actors on a machine without accelerators (default 1).
       skip_unreadable: index the readable files when some cannot be read (default: raise, naming them;
         the features already computed stay in ``cache/`` and are reused by the next run).
       overwrite: rebuild an index made with another model or settings (default: refuse it).
-      workers: threads decoding ahead of the encoder. progress: progress bar on stderr.
+      workers: threads decoding ahead of the encoder.
+      progress: progress bar on stderr.
       **apply_options: :func:`tldr_jax.apply` options (``method``, ``dtype``, ``precision``, ...).
 
     Returns:
       the :class:`~tldr_jax.search.index.VideoIndex` (``.build`` is the :class:`BuildReport`).
 
     Raises:
-      FileNotFoundError / NotADirectoryError / FileExistsError: a missing model or video folder, a path
-        that is not an index. ValueError: no videos, a model that is not a retrieval model, a schedule
-        that does not fit it, an existing index built with another model or settings, unreadable files.
-        Nothing is written before the arguments are checked, and the previous index stays usable until
-        the new one is complete. IndexBusyError: another process is writing the index (its pid named;
-        one writer at a time). PermissionError: the index cannot be written (one line).
+      FileNotFoundError, NotADirectoryError, FileExistsError: a missing model or video folder, a path
+        that is not an index.
+      ValueError: no videos, a model that is not a retrieval model, a schedule that does not fit it, an
+        existing index built with another model or settings, unreadable files. Nothing is written before
+        the arguments are checked, and the previous index stays usable until the new one is complete.
+      IndexBusyError: another process is writing the index (its pid named; one writer at a time).
+      PermissionError: the index cannot be written (one line).
     """
     started = time.perf_counter()
     s = BuildSettings.checked(
         apply_options, r=r, batch_size=batch_size, keep_tokens=keep_tokens, approximate=approximate,
-        num_frames=num_frames, trim_seconds=trim_seconds, engine=engine, actors=actors,
-        skip_unreadable=skip_unreadable, overwrite=overwrite, workers=workers, progress=progress,
+        num_frames=num_frames, trim_seconds=trim_seconds, window=window, stride=stride, engine=engine,
+        actors=actors, skip_unreadable=skip_unreadable, overwrite=overwrite, workers=workers,
+        progress=progress,
     )
     job = _prepare(model, videos, out, s)
     with writer_lock(job.out):
@@ -459,6 +379,8 @@ def encode_shard(
     keep_tokens: bool = False,
     num_frames: int | None = None,
     trim_seconds: float | None = None,
+    window: float | None = None,
+    stride: float | None = None,
     workers: int = 2,
     progress: bool = True,
     **apply_options: Any,
@@ -475,7 +397,8 @@ def encode_shard(
     started = time.perf_counter()
     s = BuildSettings.checked(
         apply_options, r=r, batch_size=batch_size, keep_tokens=keep_tokens, num_frames=num_frames,
-        trim_seconds=trim_seconds, skip_unreadable=True, workers=workers, progress=progress, shard=shard,
+        trim_seconds=trim_seconds, window=window, stride=stride, skip_unreadable=True, workers=workers,
+        progress=progress, shard=shard,
     )
     job = _prepare(model, videos, out, s)
     with writer_lock(job.out, shared=True):  # shares encode side by side; a build waits for none

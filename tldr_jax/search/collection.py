@@ -2,19 +2,19 @@
 
 :func:`collect_videos` lists a folder (recursively) or checks a list of files; :func:`index_entries`
 names and hashes each file (the content hash keys its features in the index's cache, so a changed file is
-encoded again and a renamed one is not).
+encoded again and a renamed one is not) and, with windows, lists the windows of each video.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tldr_jax.files import sha256_file
 from tldr_jax.search.index import IndexEntry
-from tldr_jax.video import CLIP_EXTENSIONS
+from tldr_jax.video import CLIP_EXTENSIONS, NPY_EXTENSIONS, VideoReadError, Window
 
 PathLike = str | os.PathLike
 
@@ -75,18 +75,58 @@ def collection_root(root: Path | None, files: list[Path]) -> str:
     return str(root) if root is not None else os.path.commonpath([str(f.parent) for f in files])
 
 
-def index_entries(root: Path | None, files: list[Path], previous: dict[str, IndexEntry]) -> list[IndexEntry]:
-    """One :class:`IndexEntry` per file (named relative to ``root``, or by file name for a list); a file
-    whose size and mtime match its entry in ``previous`` (by absolute path) is not re-hashed."""
+def index_entries(
+    root: Path | None,
+    files: list[Path],
+    previous: dict[str, list[IndexEntry]],
+    windows: Callable[[Path], list[Window] | None] | None = None,
+    reuse_windows: bool = False,
+) -> list[IndexEntry]:
+    """The :class:`IndexEntry` s of the files (named relative to ``root``, or by file name for a list):
+    one per file, or with ``windows`` one per window of each video file.
+
+    Args:
+      root: the indexed folder, or None for a list of files. files: the files, sorted.
+      previous: the entries of the index being updated, by absolute path: a file whose size and mtime
+        match is not re-hashed (nor, with ``reuse_windows``, opened again to find its windows).
+      windows: ``windows(path) -> list[Window] | None`` (:func:`tldr_jax.video.file_windows`): the
+        windows of a video file; None (or a ``.npy`` clip, a file without frame rate, a file that cannot
+        be opened: its encoding then reports why) gives one entry for the whole file.
+      reuse_windows: the previous index was built with the same window settings.
+    """
     out = []
     for f in files:
         st = f.stat()
         name = f.relative_to(root).as_posix() if root is not None else f.name
-        old = previous.get(str(f))
-        same = old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
-        sha = old.sha256 if same else sha256_file(f)
-        out.append(IndexEntry(video=name, path=str(f), sha256=sha, size=st.st_size, mtime_ns=st.st_mtime_ns))
-    names = [e.video for e in out]
-    if len(set(names)) != len(names):  # a list of files from several folders with equal names
+        olds = previous.get(str(f), [])
+        same = bool(olds) and olds[0].size == st.st_size and olds[0].mtime_ns == st.st_mtime_ns
+        entry = IndexEntry(video=name, path=str(f), sha256=olds[0].sha256 if same else sha256_file(f),
+                           size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if windows is None:
+            out.append(entry)
+            continue
+        if same and reuse_windows:
+            spans = [e.window for e in olds]
+            spans = None if None in spans else spans
+        else:
+            spans = _windows_of(f, windows)
+        if spans is None:
+            out.append(entry)
+        else:
+            out.extend(dataclasses.replace(entry, start=w.start, end=w.end, frame_range=(w.first, w.stop))
+                       for w in spans)
+    names = {e.path: e.video for e in out}
+    if len(set(names.values())) != len(names):  # a list of files from several folders with equal names
         out = [dataclasses.replace(e, video=e.path) for e in out]
     return out
+
+
+def _windows_of(f: Path, windows: Callable[[Path], list[Window] | None]) -> list[Window] | None:
+    """The windows of ``f``, or None: a ``.npy`` clip (no frame rate), or a file that cannot be opened
+    (it is then indexed whole, and encoding it reports the error)."""
+    if f.suffix.lower() in NPY_EXTENSIONS:
+        return None
+    try:
+        return windows(f)
+    except VideoReadError:
+        return None

@@ -4,8 +4,10 @@ An index directory holds
 
 * ``index.json``: the settings the features depend on (model fingerprint, schedule, frames, options), one
   entry per video (name as indexed, absolute path, sha256 of the content, size, frames sampled, tokens
-  kept), the sizes on disk and the name of the data directory. It is written last (atomically): an index
-  is whatever ``index.json`` points to, so an interrupted build leaves the previous index intact;
+  kept; with ``--window``, one entry per window of each video, with its ``start`` / ``end`` seconds and
+  ``frame_range``), the sizes on disk and the name of the data directory. It is written last
+  (atomically): an index is whatever ``index.json`` points to, so an interrupted build leaves the
+  previous index intact;
 * ``data-<id>/`` (a *generation*): ``vectors.npy`` ``(n, E)`` float32 unit-norm ``vision_proj`` features
   (the ITC side of the official evaluation), optionally ``tokens.npy`` ``(n, N', D)`` float32 merged video
   tokens (for ITM re-ranking) and ``hnsw.usearch`` (the approximate index), and ``readers.lock``. Written
@@ -42,8 +44,10 @@ from usearch.index import Index
 from tldr_jax.results import hash_tree, params_fingerprint
 from tldr_jax.retrieval.checkpoint import load_retrieval_model
 from tldr_jax.retrieval.model import RetrievalModel
+from tldr_jax.search.entries import IndexEntry
 from tldr_jax.search.locks import ReaderLock
 from tldr_jax.search.validate import check_arrays, check_info
+from tldr_jax.video.windows import Segment
 
 if TYPE_CHECKING:  # build.py imports this module; the report type is only annotated here
     from tldr_jax.search.build import BuildReport
@@ -56,14 +60,20 @@ VECTORS_FILE = "vectors.npy"
 TOKENS_FILE = "tokens.npy"
 HNSW_FILE = "hnsw.usearch"
 INDEX_KIND = "tldr_jax.video_index"
+#: ``index.json``'s format: 1 (one entry per file), 2 (entries may be windows: ``start``, ``end``,
+#: ``frame_range``). A build writes 1 unless it indexes windows, so an index without windows stays
+#: readable by versions that read only 1; this version reads both (:data:`READ_FORMATS`).
 FORMAT_VERSION = 1
+WINDOWS_FORMAT = 2
+READ_FORMATS: tuple[int, ...] = (FORMAT_VERSION, WINDOWS_FORMAT)
 #: HNSW candidate list sizes (usearch's ``expansion_add`` / ``expansion_search``; its defaults, 128 / 64,
 #: find 43 % of the true top 10 among 10k random 512-d unit vectors, 256 at search time 78 %).
 HNSW_EXPANSION_ADD = 128
 HNSW_EXPANSION_SEARCH = 256
 #: Settings an index's features depend on: an index built with other values is refused.
 IDENTITY_KEYS: tuple[str, ...] = (
-    "model", "arch", "r", "tokens", "num_frames", "trim_seconds", "keep_tokens", "options",
+    "model", "arch", "r", "tokens", "num_frames", "trim_seconds", "window", "stride", "keep_tokens",
+    "options",
 )
 #: Times a reader re-reads ``index.json`` when the generation it named was replaced before it was opened.
 OPEN_ATTEMPTS = 20
@@ -78,50 +88,6 @@ __all__ = [
     "read_info",
     "resolve_model",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexEntry:
-    """One indexed video.
-
-    Attributes:
-      video: the name as indexed (path relative to the indexed folder, ``/``-separated).
-      path: the absolute path when indexed.
-      sha256: hash of the file's content (the key of its features in ``cache/``).
-      size, mtime_ns: file size and modification time when hashed (an unchanged pair skips re-hashing).
-      frames: frames sampled from the file.
-      warnings: problems of a file that was still used (e.g. a truncated video).
-    """
-
-    video: str
-    path: str
-    sha256: str
-    size: int
-    mtime_ns: int
-    frames: int = 0
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def result_name(self) -> str:
-        """The file name of this video's features in ``cache/`` (content-keyed)."""
-        return f"{self.sha256[:32]}.npz"
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-friendly dict (``warnings`` only when there are some)."""
-        out = dataclasses.asdict(self)
-        out["warnings"] = list(self.warnings)
-        if not out["warnings"]:
-            del out["warnings"]
-        return out
-
-    @classmethod
-    def from_json(cls, rec: dict[str, Any]) -> IndexEntry:
-        """The inverse of :meth:`to_json`."""
-        return cls(
-            video=str(rec["video"]), path=str(rec["path"]), sha256=str(rec["sha256"]), size=int(rec["size"]),
-            mtime_ns=int(rec["mtime_ns"]), frames=int(rec.get("frames", 0)),
-            warnings=tuple(rec.get("warnings", ())),
-        )
 
 
 def index_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -226,6 +192,11 @@ class VideoIndex:
         self.path = path
         self.info = generation.info
         self.entries = [IndexEntry.from_json(e) for e in self.info["entries"]]
+        ids: dict[str, int] = {}
+        #: ``(n,)`` int: the video (file) of each row, numbered in order of first appearance.
+        self.video_ids = np.asarray([ids.setdefault(e.path, len(ids)) for e in self.entries], np.int64)
+        #: Whether rows are windows of videos (``build_index(window=...)``); else one row per file.
+        self.windowed = any(e.frame_range is not None for e in self.entries)
         self.vectors: np.ndarray = generation.vectors
         self.tokens: np.ndarray | None = generation.tokens
         self.model = model
@@ -238,10 +209,18 @@ class VideoIndex:
     def __len__(self) -> int:
         return len(self.entries)
 
+    @property
+    def video_count(self) -> int:
+        """The number of videos (files) indexed; ``len(index)`` counts rows, one per window for an index
+        of windows."""
+        return int(self.video_ids.max()) + 1 if len(self.video_ids) else 0
+
     def __repr__(self) -> str:
         s = self.info["settings"]
+        windows = f" in {len(self)} windows" if self.windowed else ""
         return (
-            f"VideoIndex({self.path}, {len(self)} videos, {s['arch']}, r={s['r']} -> "
+            f"VideoIndex({self.path}, {self.video_count} video{'' if self.video_count == 1 else 's'}"
+            f"{windows}, {s['arch']}, r={s['r']} -> "
             f"{s['tokens'][-1]} tokens, "
             f"{'tokens kept' if self.tokens is not None else 'no tokens'}, "
             f"{'approximate' if self.approximate else 'exact'} search)"
@@ -286,6 +265,35 @@ class VideoIndex:
                 f"inside the collection root {root!r}; it is not opened. Rebuild the index."
             )
         return Path(path)
+
+    def clip(self, row: int) -> np.ndarray:
+        """The model input of row ``row`` as the build read it: ``(T, H, W, 3)`` float32 normalised frames.
+
+        The file (:meth:`video_path`), or for a window entry that window of it (a
+        :class:`~tldr_jax.video.Segment`), goes through :func:`tldr_jax.video.load_clip` with the index's
+        preprocessing (:func:`~tldr_jax.retrieval.features.clip_preprocessing` with its frame count and
+        trimming), so it is the clip the stored vector was computed from.
+
+        Raises:
+          IndexError: no such row. ValueError: no model (opened with ``model=False``), a path outside the
+            collection root, or a clip of the wrong shape. VideoReadError: the file is missing or unreadable.
+        """
+        from tldr_jax.retrieval.features import clip_preprocessing
+        from tldr_jax.video.clip import load_clip
+
+        if not 0 <= row < len(self):
+            raise IndexError(f"no video {row}: the index holds rows 0 to {len(self) - 1}.")
+        if self.model is None:
+            raise ValueError(
+                f"the index {self.path} was opened without a model (model=False); its clips are read with "
+                "the model's preprocessing: load_index(path) or load_index(path, model)."
+            )
+        s = self.settings
+        prep = clip_preprocessing(self.model, int(s["num_frames"]), s.get("trim_seconds"))
+        # A truncated file's warning is recorded in its entry at build time; not repeated here.
+        path, window = self.video_path(row), self.entries[row].window
+        source = path if window is None else Segment(path, window)
+        return load_clip(source, prep, on_warning=lambda message: None)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -351,9 +359,10 @@ def read_info(path: PathLike) -> dict[str, Any]:
         raise ValueError(f"{f} is not readable JSON ({err}); rebuild the index.") from None
     if not isinstance(info, dict) or info.get("kind") != INDEX_KIND:
         raise ValueError(f"{f} is not a tldr_jax video index; rebuild it with `tldr-jax index`.")
-    if info.get("format") != FORMAT_VERSION:
+    if info.get("format") not in READ_FORMATS:
         raise ValueError(
-            f"{f} has format {info.get('format')!r}; this tldr_jax reads {FORMAT_VERSION}. Rebuild the index."
+            f"{f} has format {info.get('format')!r}; this tldr_jax reads "
+            f"{' and '.join(map(str, READ_FORMATS))}. Rebuild the index."
         )
     check_info(info, f)
     return info

@@ -7,11 +7,17 @@ query against a stored collection: candidates from the vector index (exact inner
 the index was built with ``approximate=True``), their ITC scores recomputed from the stored vectors, and,
 with ``rerank``, :func:`tldr_jax.retrieval.fusion.rerank` (the official pair scoring) on the top candidates.
 The query is encoded by :func:`tldr_jax.retrieval.features.encode_texts`, as the evaluation encodes texts.
+
+An index of windows (``build_index(window=...)``) ranks videos by their best window: ``k`` and ``rerank``
+count videos; each hit is a video's best window (``start``, ``end``) and lists up to ``moments`` other
+windows of that video (:class:`Moment`), best first, none overlapping the hit or each other, chosen among
+the windows the ranking looked at (:func:`search`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -26,8 +32,33 @@ from tldr_jax.text.tokenizer import check_query, shorten
 
 #: Extra candidates fetched from the vector index before the exact ITC re-sort (near-ties at the cut).
 MARGIN = 16
+#: Other moments listed per hit of an index of windows (``search(moments=...)``).
+MOMENTS = 3
 
-__all__ = ["SearchHit", "candidates", "check_counts", "describe", "search"]
+__all__ = [
+    "MOMENTS", "Moment", "SearchHit", "candidates", "check_counts", "describe", "search", "search_vector",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Moment:
+    """A window of a video that matched a query.
+
+    Attributes:
+      start: where the window starts in the video, in seconds.
+      end: where it ends (exclusive), in seconds.
+      score: the ranking score (as :attr:`SearchHit.score`).
+      row: its row in the index.
+    """
+
+    start: float
+    end: float
+    score: float
+    row: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"start", "end", "score", "row"}``."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +72,11 @@ class SearchHit:
       score: what the ranking used: ``itm`` after re-ranking, else ``itc``.
       itc: the ITC cosine of the query and the video (official ``sim``).
       itm: the official matching score (class-1 logit of ``itm_head``), or None without re-ranking.
-      row: the video's row in the index (``index.vectors[row]``).
+      row: the video's row in the index (``index.vectors[row]``); for an index of windows, the row of
+        its best window.
+      start: the best window's start in seconds, or None (an index of whole files).
+      end: the best window's end (exclusive) in seconds, or None (an index of whole files).
+      moments: the video's other matching windows, best first (empty for whole files).
     """
 
     rank: int
@@ -51,12 +86,21 @@ class SearchHit:
     itc: float
     itm: float | None
     row: int
+    start: float | None = None
+    end: float | None = None
+    moments: tuple[Moment, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-friendly dict (``itm`` left out when not re-ranked)."""
+        """A JSON-friendly dict (``itm`` left out when not re-ranked; ``start``, ``end`` and ``moments``,
+        a list of ``{"start", "end", "score", "row"}``, only for a window)."""
         out = dataclasses.asdict(self)
         if out["itm"] is None:
             del out["itm"]
+        if self.start is None:
+            for key in ("start", "end", "moments"):
+                del out[key]
+        else:
+            out["moments"] = [m.to_json() for m in self.moments]
         return out
 
 
@@ -78,8 +122,10 @@ def check_counts(k: Any, rerank: Any) -> tuple[int, int | None]:
 def describe(index: VideoIndex, query: str, rerank: int | None = None) -> str:
     """What a search does, in one line (the CLI's header): the query (shortened), the index's size and the
     ranking, with ``rerank`` clamped to the videos there are."""
-    n = len(index)
+    n = index.video_count
     videos = f"{n} video{'' if n == 1 else 's'}"
+    if index.windowed:
+        videos += f" in {len(index)} window{'' if len(index) == 1 else 's'}"
     if rerank is None:
         how = "ITC (cosine)"
     elif rerank >= n:
@@ -135,6 +181,7 @@ def search(
     clean: bool = True,
     model: Any = None,
     precision: str | None = "float32",
+    moments: int = MOMENTS,
 ) -> list[SearchHit]:
     """Rank the indexed videos for a text query, as the official evaluation ranks them.
 
@@ -149,10 +196,19 @@ def search(
       clean: apply the official caption cleaning (:func:`~tldr_jax.text.tokenizer.pre_text`) to the query.
       model: with a path ``index``, the model to open it with (default: the one it was built from).
       precision: float32 matrix-product precision of the text tower and the matching head.
+      moments: for an index of windows, the other windows listed per hit (0: none).
 
     Returns:
-      ``min(k, len(index))`` :class:`SearchHit` s, best first: ``score`` is the ITC cosine, or the ITM
+      ``min(k, videos)`` :class:`SearchHit` s, best first: ``score`` is the ITC cosine, or the ITM
       class-1 logit after re-ranking (``itc`` is kept on every hit).
+
+    For an index of windows, ``k`` and ``rerank`` count videos. The windows are ranked by ITC, fetching
+    ``want * (1 + moments) * (2 * ceil(window / stride) - 1)`` of them (``want`` = ``rerank`` or ``k``;
+    room for the windows that overlap each listed one) and twice as many until they hold ``want``
+    videos; a video's windows among them, best first and none overlapping an earlier one, give its hit
+    (the best) and up to ``moments`` moments. With ``rerank``, those windows of the top ``rerank``
+    videos are re-scored by ITM (at most ``rerank * (1 + moments)`` pairs) and re-ordered by it, and the
+    videos ranked by their best window. An index of whole files ranks as before.
 
     Raises:
       ValueError: a query with nothing to search for after cleaning
@@ -166,6 +222,7 @@ def search(
       ``max_length`` (how many were kept).
     """
     k, rerank = check_counts(k, rerank)
+    moments = check_int("moments", moments, minimum=0)
     check_query(query, clean=clean)  # before the index and the model are opened
     check_choice("precision", precision, PRECISIONS)
     if not isinstance(index, VideoIndex):
@@ -183,6 +240,8 @@ def search(
     cleaned = check_query(query, model, clean=clean, max_length=max_length)
     text = encode_texts(model, [cleaned], max_length=max_length, precision=precision)
     feat = np.asarray(text.feat[0], np.float32)
+    if index.windowed:
+        return _search_windows(index, feat, text, k, rerank, moments, precision)
     rows, itc = candidates(index, feat, rerank if rerank is not None else k)
     itm = None
     if rerank is not None:
@@ -200,5 +259,111 @@ def search(
         hits.append(SearchHit(
             rank=i + 1, video=entry.video, path=entry.path, score=float(itc[i]) if m is None else m,
             itc=float(itc[i]), itm=m, row=int(rows[i]),
+        ))
+    return hits
+
+
+def search_vector(index: VideoIndex, vector: Any, k: int = 10, *, moments: int = MOMENTS) -> list[SearchHit]:
+    """Rank the indexed videos by ITC cosine to a feature ``vector`` instead of a text (e.g. a clip's own
+    stored vector: "more like this"), grouped into videos with their moments as :func:`search` does.
+
+    Args:
+      index: the index (a model is not needed).
+      vector: ``(E,)`` feature, normalised here.
+      k: videos returned.
+      moments: other windows listed per hit (an index of windows).
+
+    Returns:
+      ``min(k, videos)`` :class:`SearchHit` s, best first (``score`` = ``itc``).
+
+    Raises:
+      ValueError: a vector of another width, or not finite; ``k`` < 1, ``moments`` < 0.
+    """
+    k = check_int("k", k, minimum=1)
+    moments = check_int("moments", moments, minimum=0)
+    q = np.asarray(vector, np.float32).reshape(-1)
+    if q.shape != (index.vectors.shape[1],) or not np.isfinite(q).all() or not np.any(q):
+        raise ValueError(
+            f"vector must be {index.vectors.shape[1]} finite numbers, not all 0 (the index's feature width); "
+            f"got shape {np.shape(vector)}."
+        )
+    q = q / np.linalg.norm(q)
+    if index.windowed:
+        return _search_windows(index, q, None, k, None, moments, None)
+    rows, itc = candidates(index, q, k)
+    return [
+        SearchHit(rank=i + 1, video=index.entries[int(r)].video, path=index.entries[int(r)].path,
+                  score=float(c), itc=float(c), itm=None, row=int(r))
+        for i, (r, c) in enumerate(zip(rows, itc))
+    ]
+
+
+def _overlaps(a: Any, b: Any) -> bool:
+    """Whether two entries' windows share time (a whole file, with no window, overlaps everything)."""
+    if a.start is None or b.start is None:
+        return True
+    return a.start < b.end and b.start < a.end
+
+
+def _video_windows(
+    index: VideoIndex, rows: np.ndarray, itc: np.ndarray, want: int, per_video: int
+) -> list[list[tuple[int, float]]]:
+    """The first ``want`` videos of the ITC-ranked ``rows``, each as its list of ``(row, itc)`` windows
+    (best first, none overlapping an earlier one, at most ``per_video``)."""
+    picked: dict[int, list[tuple[int, float]]] = {}
+    for row, score in zip(rows.tolist(), itc.tolist()):
+        vid = int(index.video_ids[row])
+        if vid not in picked:
+            if len(picked) == want:
+                continue
+            picked[vid] = []
+        kept = picked[vid]
+        entry = index.entries[row]
+        if len(kept) < per_video and not any(_overlaps(entry, index.entries[r]) for r, _ in kept):
+            kept.append((row, score))
+    return list(picked.values())
+
+
+def _search_windows(
+    index: VideoIndex, feat: np.ndarray, text: Any, k: int, rerank: int | None, moments: int,
+    precision: str | None,
+) -> list[SearchHit]:
+    """:func:`search` on an index of windows: videos ranked by their best window (see :func:`search`)."""
+    n = len(index)
+    want = min(rerank if rerank is not None else k, index.video_count)
+    s = index.settings
+    overlap = math.ceil(s["window"] / s["stride"]) if s.get("window") and s.get("stride") else 1
+    count = min(n, want * (1 + moments) * (2 * overlap - 1))  # a window overlaps 2 (overlap - 1) others
+    while True:
+        rows, itc = candidates(index, feat, count)
+        if len(set(index.video_ids[rows].tolist())) >= want or count >= n:
+            break
+        count = min(n, 2 * count)
+    groups = _video_windows(index, rows, itc, want, 1 + moments)
+    if rerank is not None:
+        flat = np.asarray([r for g in groups for r, _ in g], np.int64)
+        flat_itc = np.asarray([c for g in groups for _, c in g], np.float32)
+        _, t2i, _ = official_rerank(
+            model=index.model, sim=flat_itc[:, None], text=text, video_tokens=_checked_tokens(index, flat),
+            k=len(flat), precision=precision, progress=False,
+        )
+        itm = dict(zip(flat.tolist(), t2i[0].tolist()))
+        groups = [sorted(g, key=lambda w: -itm[w[0]]) for g in groups]  # stable: ITC order on ties
+        order = sorted(range(len(groups)), key=lambda i: -itm[groups[i][0][0]])
+        groups = [groups[i] for i in order]
+    else:
+        itm = None
+    hits = []
+    for rank, group in enumerate(groups[:k], start=1):
+        (row, cos), *rest = group
+        entry = index.entries[row]
+        m = None if itm is None else float(itm[row])
+        listed = tuple(
+            Moment(index.entries[r].start, index.entries[r].end, float(c if itm is None else itm[r]), int(r))
+            for r, c in rest
+        )
+        hits.append(SearchHit(
+            rank=rank, video=entry.video, path=entry.path, score=float(cos) if m is None else m,
+            itc=float(cos), itm=m, row=int(row), start=entry.start, end=entry.end, moments=listed,
         ))
     return hits

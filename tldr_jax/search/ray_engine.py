@@ -1,18 +1,21 @@
 """Encoding a collection on Ray: ``ray.data`` batch inference with one actor per accelerator.
 
 ``build_index(..., engine="ray")`` (CLI ``tldr-jax index ... --engine ray``) calls :func:`encode`: the
-files become a ``ray.data`` dataset of ``(path, result name)`` rows; ``map_batches`` sends batches to a
-pool of :class:`Encoder` actors, each holding the model (loaded once per actor) and encoding its batch with
-:func:`tldr_jax.batch.run_directory` into the shared, content-keyed ``cache/`` of the index. Every result
-lands atomically under its content hash, and a file whose result exists is skipped, so when a worker is
-killed Ray restarts the actor and retries the batch, which encodes only the files the dead worker had
-not finished: none twice. The driver then merges the per-file results into one index exactly as a
-single-process build does (:func:`tldr_jax.search.build.build_index`).
+files (or, for an index of windows, the windows of each video: a row carries the window's frames and
+seconds) become a ``ray.data`` dataset of ``(path, window, result name)`` rows; ``map_batches`` sends
+batches to a pool of :class:`Encoder` actors, each holding the model (loaded once per actor) and
+encoding its batch with :func:`tldr_jax.batch.run_directory` into the shared, content-keyed ``cache/``
+of the index. Every result lands atomically under its content hash, and a file whose result exists is
+skipped, so when a worker is killed Ray restarts the actor and retries the batch, which encodes only the
+files the dead worker had not finished: none twice. The driver then merges the per-file results into one
+index exactly as a single-process build does (:func:`tldr_jax.search.build.build_index`).
 
 Where it runs: ``ray.init()`` is called when Ray is not running yet (``RAY_ADDRESS`` joins a cluster;
 the index directory must then be on storage every node sees). With GPUs (or TPUs) in the cluster, one
 actor per accelerator; on CPUs, ``actors`` actors (default 1) sharing the CPUs. A local instance started
 here keeps its session files in a temporary folder, removed when the process exits (:func:`start`);
+each actor turns on JAX's compilation cache with a GPU autotuning folder of its own
+(:func:`worker_name`: ``gpu0``, ``gpu1``, ... by the accelerator it holds, else ``cpu``);
 without ``progress`` (CLI ``-q``) Ray's own log lines and worker reports are kept off the terminal.
 
 Install: ``pip install -e ".[ray]"`` (``ray[data]``).
@@ -36,15 +39,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tldr_jax.batch import run_directory
+from tldr_jax.batch import Source, run_directory
 from tldr_jax.retrieval.checkpoint import load_retrieval_model
-from tldr_jax.video import Preprocessing
+from tldr_jax.video import Preprocessing, Segment, Window
 
 #: Test hook: when set to a file path that does not exist yet, the first actor to finish a file creates
 #: it and exits at once (a killed worker), so that Ray's restart-and-retry path is exercised.
 FAIL_ONCE_ENV = "TLDR_JAX_RAY_FAIL_ONCE"
 
-__all__ = ["Encoder", "RaySummary", "encode", "quiet", "start"]
+__all__ = ["Encoder", "RaySummary", "encode", "quiet", "start", "worker_name"]
 
 
 @dataclasses.dataclass
@@ -52,7 +55,8 @@ class RaySummary:
     """What the Ray stage did (the fields of :class:`tldr_jax.batch.RunSummary` the index reads).
 
     Attributes:
-      processed: file names encoded. skipped: file names already in the cache. failed: name -> error.
+      processed: names encoded (``clip.mp4``, or ``clip.mp4#t=20,30`` for a window). skipped: names
+        already in the cache. failed: name -> error.
       actors: actors used. accelerators: accelerators per actor (GPU or TPU; 0 on CPUs).
     """
 
@@ -76,6 +80,7 @@ class Encoder:
         self, model_dir: str, cache: str, r: Any, preprocessing: Preprocessing, batch_size: int,
         keep_tokens: bool, options: dict[str, Any], fail_once: str | None = None,
     ):
+        _enable_worker_cache()
         self.model = load_retrieval_model(model_dir)
         self.cache = Path(cache)
         self.kwargs = dict(
@@ -96,24 +101,79 @@ class Encoder:
         os._exit(1)  # a killed worker: no clean-up, no exception to catch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``{"path", "name"}`` rows in, ``{"path", "status", "error"}`` out (``status``: computed, reused
-        or failed)."""
-        paths = [str(p) for p in batch["path"]]
-        names = dict(zip(paths, (str(n) for n in batch["name"])))
+        """Rows of :func:`_rows` in, ``{"path", "status", "error"}`` out (``path``: the source's name,
+        ``clip.mp4#t=20,30`` for a window; ``status``: computed, reused or failed)."""
+        names = {_source(batch, i): str(batch["name"][i]) for i in range(len(batch["name"]))}
         summary = run_directory(
-            self.model.vision, self.cache, self.cache, inputs=paths, output_name=lambda p: names[str(p)],
+            self.model.vision, self.cache, self.cache, inputs=list(names), output_name=names.__getitem__,
             on_file_done=self._done, **self.kwargs,
         )
         status, error = [], []
-        for p in paths:
-            base = Path(p).name
+        for source in names:
+            base = source.name
             if base in summary.failed:
                 status.append("failed")
                 error.append(summary.failed[base])
             else:
                 status.append("computed" if base in summary.processed else "reused")
                 error.append("")
-        return {"path": np.asarray(paths), "status": np.asarray(status), "error": np.asarray(error)}
+        labels = [source.name for source in names]
+        return {"path": np.asarray(labels), "status": np.asarray(status), "error": np.asarray(error)}
+
+
+def _rows(names: dict[Source, str]) -> list[dict[str, Any]]:
+    """One dataset row per source: its file, result name and window (``first`` -1 for a whole file)."""
+    rows = []
+    for source, name in names.items():
+        w = source.window if isinstance(source, Segment) else None
+        path = source.path if isinstance(source, Segment) else source
+        rows.append({
+            "path": str(path), "name": name, "first": -1 if w is None else w.first,
+            "stop": -1 if w is None else w.stop, "start": 0.0 if w is None else w.start,
+            "end": 0.0 if w is None else w.end,
+        })
+    return rows
+
+
+def _source(batch: dict[str, np.ndarray], i: int) -> Source:
+    """Row ``i`` of a batch of :func:`_rows` as the file or the :class:`~tldr_jax.video.Segment` it names."""
+    path = Path(str(batch["path"][i]))
+    if int(batch["first"][i]) < 0:
+        return path
+    window = Window(float(batch["start"][i]), float(batch["end"][i]), int(batch["first"][i]),
+                    int(batch["stop"][i]))
+    return Segment(path, window)
+
+
+def worker_name(gpu_ids: Sequence[Any] = (), accelerator_ids: dict[str, Sequence[Any]] | None = None) -> str:
+    """A stable name for an actor's own compile-cache folders: ``gpu<id>`` by the first GPU it holds
+    (``ray.get_gpu_ids()``), ``<kind><id>`` by another accelerator (e.g. ``tpu0``, from the runtime
+    context's accelerator ids), else ``cpu`` (CPU actors share the machine's programs; XLA's GPU
+    autotuning, the reason for per-worker folders, does not run there)."""
+    if len(gpu_ids):
+        return f"gpu{_plain(gpu_ids[0])}"
+    for kind, ids in sorted((accelerator_ids or {}).items()):
+        if len(ids):
+            return f"{kind.lower()}{_plain(ids[0])}"
+    return "cpu"
+
+
+def _plain(value: Any) -> str:
+    """An accelerator id as a name (letters, digits, ``._-``; others become ``-``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in str(value)) or "0"
+
+
+def _enable_worker_cache() -> None:
+    """Inside an actor: JAX's compilation cache with this actor's own autotuning folder (issue 31)."""
+    import ray
+
+    from tldr_jax.compile_cache import enable_compile_cache
+
+    try:
+        accelerators = ray.get_runtime_context().get_accelerator_ids()
+    except Exception:  # noqa: BLE001 - older Ray: GPUs only
+        accelerators = {}
+    enable_compile_cache(worker=worker_name(ray.get_gpu_ids(), accelerators))
 
 
 #: JAX's warning when a process forks; Ray starts its processes with fork + exec, which is safe.
@@ -210,15 +270,16 @@ def _accelerators() -> tuple[str | None, int]:
 
 
 def encode(
-    model_dir: str, files: Sequence[Path], cache: Path, names: dict[str, str], *, r: Any,
+    model_dir: str, cache: Path, names: dict[Source, str], *, r: Any,
     preprocessing: Preprocessing, batch_size: int, keep_tokens: bool, progress: bool, options: dict[str, Any],
     actors: int | None = None,
 ) -> RaySummary:
-    """Encode ``files`` on Ray into ``cache`` (``names[path]`` = the content-keyed result file).
+    """Encode the sources ``names`` lists on Ray into ``cache`` (``names[source]`` = its content-keyed
+    result file; a source is a file or a :class:`~tldr_jax.video.Segment`, a window of one).
 
     Args:
-      model_dir: the retrieval model directory (each actor loads it). files: the inputs.
-      cache: the index's ``cache/`` (shared storage on a cluster). names: result file of each path.
+      model_dir: the retrieval model directory (each actor loads it).
+      cache: the index's ``cache/`` (shared storage on a cluster). names: result file of each source.
       r, batch_size, keep_tokens, options: as :func:`~tldr_jax.search.build_index`.
       preprocessing: how files become clips. progress: a progress bar on stderr (each actor reads its
         batch in one thread).
@@ -239,7 +300,7 @@ def encode(
     with warnings.catch_warnings(), quiet(not progress):
         warnings.filterwarnings("ignore", message=FORK_WARNING, category=RuntimeWarning)
         start(progress)
-        return _run(ray, files, cache, names, actors, batch_size, progress, dict(
+        return _run(ray, cache, names, actors, batch_size, progress, dict(
             model_dir=str(model_dir), cache=str(cache), r=r, preprocessing=preprocessing,
             batch_size=batch_size, keep_tokens=keep_tokens, options=dict(options),
             fail_once=os.environ.get(FAIL_ONCE_ENV),
@@ -247,7 +308,7 @@ def encode(
 
 
 def _run(
-    ray: Any, files: Sequence[Path], cache: Path, names: dict[str, str], actors: int | None,
+    ray: Any, cache: Path, names: dict[Source, str], actors: int | None,
     batch_size: int, progress: bool, encoder_kwargs: dict[str, Any],
 ) -> RaySummary:
     """The ``ray.data`` pipeline of :func:`encode` (Ray started), gathered into a :class:`RaySummary`."""
@@ -264,7 +325,7 @@ def _run(
         summary.actors = int(actors or 1)
         cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)) // summary.actors)
         resources["num_cpus"] = cpus
-    rows = [{"path": str(f), "name": names[str(f)]} for f in files]
+    rows = _rows(names)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
     out = ds.map_batches(
         Encoder,
@@ -277,8 +338,8 @@ def _run(
     Path(cache).mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(rows), unit="clip", disable=not progress, desc="ray") as bar:
         for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-            for path, status, error in zip(batch["path"], batch["status"], batch["error"]):
-                name = Path(str(path)).name
+            for label, status, error in zip(batch["path"], batch["status"], batch["error"]):
+                name = str(label)
                 if status == "failed":
                     summary.failed[name] = str(error)
                 elif status == "computed":

@@ -9,6 +9,8 @@ row, file or route, 503 while warming up or when too many requests wait):
 * ``/api/similar/<row>?k=``: "more like this" (the row's stored vector as the query, itself left out);
 * ``/api/videos/<row>``, ``/api/info``, ``/api/health``;
 * ``/api/thumbnails/<row>.jpg``: :func:`~tldr_jax.search.thumbnails.thumbnail`;
+* ``/api/tokens/<row>.png``: the vid-TLDR view of the row's clip (kept / merged tokens and saliency,
+  :func:`~tldr_jax.search.token_view.token_view_png`; runs the model once per clip, then cached);
 * ``/media/<row>``: the video file, with HTTP range requests (206 + ``Content-Range``); only files of
   the indexed collection (:meth:`~tldr_jax.search.index.VideoIndex.video_path`).
 
@@ -39,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 
 from tldr_jax.search.service import NotFound, SearchService, WarmingUp
 from tldr_jax.search.thumbnails import thumbnail
+from tldr_jax.search.token_view import token_view_png
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -120,6 +123,19 @@ def _thumbnail(service: SearchService, request: Request) -> Response:
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
+def _token_view(service: SearchService, request: Request) -> Response:
+    row = request.path_params["row"]
+    index = service.current()
+    try:
+        data = token_view_png(index, row)
+    except IndexError as err:
+        raise NotFound(str(err)) from None
+    except (ValueError, OSError) as err:  # unreadable or vanished file, path outside the collection
+        raise NotFound(f"no token view for video {row}: {str(err).splitlines()[0]}") from None
+    # rows may renumber after a re-index: the browser asks again (the server keeps its own cache)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
 async def _health(service: SearchService, request: Request) -> JSONResponse:
     if service.error is not None:
         return JSONResponse({"status": "failed", "error": service.error}, status_code=503)
@@ -170,6 +186,7 @@ def create_app(service: SearchService, *, max_concurrency: int = 4, max_queue: i
               api(lambda request: service.similar(request.path_params["row"], request.query_params))),
         Route("/api/videos/{row:int}", api(lambda request: service.video(request.path_params["row"]))),
         Route("/api/thumbnails/{row:int}.jpg", api(lambda request: _thumbnail(service, request))),
+        Route("/api/tokens/{row:int}.png", api(lambda request: _token_view(service, request))),
         Route("/media/{row:int}", api(lambda request: _media(service, request))),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

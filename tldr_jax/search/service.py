@@ -159,7 +159,8 @@ class SearchService:
         t0 = time.perf_counter()
         hits = search(index, query, k=k, rerank=rerank)
         return {
-            "query": query, "k": k, "rerank": rerank, "videos": len(index), "generation": index.generation,
+            "query": query, "k": k, "rerank": rerank, "videos": index.video_count, "windows": len(index),
+            "generation": index.generation,
             "ms": round((time.perf_counter() - t0) * 1000, 2), "hits": [h.to_json() for h in hits],
         }
 
@@ -173,20 +174,26 @@ class SearchService:
         keep = rows != row
         hits = [
             SearchHit(rank=i + 1, video=index.entries[int(r)].video, path=index.entries[int(r)].path,
-                      score=float(s), itc=float(s), itm=None, row=int(r)).to_json()
+                      score=float(s), itc=float(s), itm=None, row=int(r), start=index.entries[int(r)].start,
+                      end=index.entries[int(r)].end).to_json()
             for i, (r, s) in enumerate(zip(rows[keep][:k], itc[keep][:k]))
         ]
         return {"row": row, "video": index.entries[row].video, "k": k, "generation": index.generation,
                 "hits": hits}
 
     def video(self, row: int) -> dict[str, Any]:
-        """``/api/videos/<row>``: the entry of row ``row`` (name, path, hash, size, frames) and its URLs."""
+        """``/api/videos/<row>``: the entry of row ``row`` (name, path, hash, size, frames; for a window its
+        ``start``, ``end``, ``frame_range``) and its URLs (``play``: the media URL with the window as a
+        media fragment, ``/media/3#t=20,30``)."""
         index = self.current()
         entry = index.entries[self._row(index, row)]
+        window = entry.window
         return {
             **entry.to_json(), "row": row, "generation": index.generation,
             "playable": Path(entry.path).suffix.lower() in VIDEO_EXTENSIONS,
             "thumbnail": f"/api/thumbnails/{row}.jpg", "media": f"/media/{row}",
+            "play": f"/media/{row}" + ("" if window is None else f"#t={window.label()}"),
+            "tokens": f"/api/tokens/{row}.png",
         }
 
     def media_path(self, row: int) -> Path:
@@ -210,7 +217,8 @@ class SearchService:
         index = self.current()
         s = index.settings
         return {
-            "version": __version__, "index": str(self.path), "videos": len(index),
+            "version": __version__, "index": str(self.path), "videos": index.video_count,
+            "windows": len(index) if index.windowed else None,
             "generation": index.generation, "arch": s["arch"], "r": s["r"], "tokens": s["tokens"],
             "num_frames": s["num_frames"], "rerank_available": index.tokens is not None,
             "approximate": index.approximate, "rerank": self.rerank,

@@ -1,10 +1,11 @@
 """Thumbnails of indexed videos: a representative frame as a small JPEG, made on first request and cached.
 
-The frame is the middle one of the video (or ``.npy`` clip), never the first (often black in real
-footage); when the middle frame is dark too, the brightest of a few frames spread over the clip is used.
-Thumbnails are cached in ``INDEX/thumbnails/<content hash>.jpg``: keyed by the file's content like the
-feature cache, so a re-index keeps them and a changed file gets a new one. An index folder that cannot be
-written still serves thumbnails (made again each time).
+The frame is the middle one of the video (or ``.npy`` clip, or of the window for an index of windows),
+never the first (often black in real footage); when the middle frame is dark too, the brightest of a few
+frames spread over the clip (or window) is used. Thumbnails are cached in ``INDEX/thumbnails/<content
+hash>.jpg`` (``<content hash>-<first>-<stop>.jpg`` for a window's frames): keyed by the file's content
+like the feature cache, so a re-index keeps them and a changed file gets a new one. An index folder that
+cannot be written still serves thumbnails (made again each time).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def _pick(total: int, frame_at: Callable[[int], np.ndarray]) -> np.ndarray:
     return max(tried, key=lambda f: float(f.mean()))
 
 
-def representative_frame(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8: the frame a thumbnail of the video or ``.npy`` clip at ``path`` shows.
+def representative_frame(path: Path, frames: tuple[int, int] | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the frame a thumbnail of the video or ``.npy`` clip at ``path`` shows; with
+    ``frames=(first, stop)``, of those frames of the video (a window).
 
     Raises:
       VideoReadError / ValueError: the file cannot be read or holds no frames.
@@ -64,12 +66,15 @@ def representative_frame(path: Path) -> np.ndarray:
     total = count_frames(path)
     if total <= 0:
         total = count_frames(path, exact=True)
+    first = 0
+    if frames is not None:
+        first, total = frames[0], min(frames[1], max(total, 1)) - frames[0]
 
     def frame_at(i: int) -> np.ndarray:
-        frames, _ = decode_frames(path, [i])
-        if len(frames) == 0:  # the container over-reported its length
-            frames, _ = decode_frames(path, [0])
-        return frames[0]
+        decoded, _ = decode_frames(path, [first + i])
+        if len(decoded) == 0:  # the container over-reported its length
+            decoded, _ = decode_frames(path, [0])
+        return decoded[0]
 
     return _pick(max(total, 1), frame_at)
 
@@ -92,12 +97,13 @@ def thumbnail(index: VideoIndex, row: int) -> bytes:
     """
     if not 0 <= row < len(index):
         raise IndexError(f"no video {row}: the index holds rows 0 to {len(index) - 1}.")
-    cached = index.path / THUMBNAIL_DIR / f"{index.entries[row].sha256[:32]}.jpg"
+    entry = index.entries[row]
+    cached = index.path / THUMBNAIL_DIR / f"{Path(entry.result_name).stem}.jpg"
     try:
         return cached.read_bytes()
     except OSError:
         pass
-    data = _encode(representative_frame(index.video_path(row)))
+    data = _encode(representative_frame(index.video_path(row), entry.frame_range))
     try:
         cached.parent.mkdir(exist_ok=True)
         with atomic_output(cached) as tmp:

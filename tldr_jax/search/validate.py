@@ -51,6 +51,28 @@ def check_entry(rec: Any, i: int, where: Path) -> None:
     warns = rec.get("warnings", [])
     if not isinstance(warns, list) or not all(isinstance(w, str) for w in warns):
         raise _fail(where, f"entry {i} ({rec['video']!r}) has warnings that are not a list of texts")
+    _check_window(rec, i, where)
+
+
+def _check_window(rec: dict[str, Any], i: int, where: Path) -> None:
+    """A window entry's ``frame_range`` ``[first, stop)`` (ints, ``0 <= first < stop``) and ``start <
+    end`` seconds (finite numbers); a whole-file entry has none of the three."""
+    keys = [k for k in ("start", "end", "frame_range") if rec.get(k) is not None]
+    if not keys:
+        return
+    span, start, end = rec.get("frame_range"), rec.get("start"), rec.get("end")
+    if len(keys) != 3:
+        raise _fail(where, f"entry {i} ({rec['video']!r}) has {', '.join(keys)} but not all of start, end, "
+                    "frame_range")
+    if not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span)
+            and 0 <= span[0] < span[1]):
+        raise _fail(where, f"entry {i} ({rec['video']!r}) has frame_range {span!r}, not [first, stop)")
+    numbers = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (start, end)
+    )
+    if not numbers or not 0 <= start < end:
+        raise _fail(where, f"entry {i} ({rec['video']!r}) has start {start!r} and end {end!r}, not seconds "
+                    "0 <= start < end")
 
 
 def _check_settings(settings: Any, where: Path) -> None:

@@ -5,7 +5,9 @@
   description of a model's preprocessing (:class:`Preprocessing`, :func:`preprocessing_for`);
 * :mod:`~tldr_jax.video.decode`: reading and writing video files;
 * :mod:`~tldr_jax.video.synthetic`: the procedural test clip and the embedded default clip;
-* :mod:`~tldr_jax.video.clip`: :func:`load_clip`, the one path from a file to a model input.
+* :mod:`~tldr_jax.video.windows`: the time windows (moments) of a long video (:func:`video_windows`);
+* :mod:`~tldr_jax.video.clip`: :func:`load_clip`, the one path from a file (or a window of it) to a
+  model input.
 """
 
 from tldr_jax.video.clip import CLIP_EXTENSIONS, NPY_EXTENSIONS, load_clip, load_video
@@ -16,6 +18,7 @@ from tldr_jax.video.decode import (
     check_fps,
     count_frames,
     decode_frames,
+    frame_rate,
     frames_within,
     read_video,
     write_video,
@@ -44,6 +47,7 @@ from tldr_jax.video.synthetic import (
     make_test_video,
     synthetic_frames,
 )
+from tldr_jax.video.windows import Segment, Window, check_window, file_windows, video_windows
 
 __all__ = [
     "CLIP_EXTENSIONS",
@@ -56,12 +60,15 @@ __all__ = [
     "SAMPLING_MODES",
     "VIDEO_EXTENSIONS",
     "Preprocessing",
+    "Segment",
     "VideoReadError",
     "VideoReadWarning",
+    "Window",
     "build_default_clip",
     "center_crop",
     "check_fps",
     "check_mean_std",
+    "check_window",
     "count_frames",
     "decode_frames",
     "decode_frames_delta",
@@ -69,6 +76,8 @@ __all__ = [
     "default_clip_frames",
     "denormalize",
     "encode_frames_delta",
+    "file_windows",
+    "frame_rate",
     "frames_within",
     "load_clip",
     "load_video",
@@ -79,5 +88,6 @@ __all__ = [
     "resized_shape",
     "sample_indices",
     "synthetic_frames",
+    "video_windows",
     "write_video",
 ]

@@ -33,6 +33,7 @@ CODECS: dict[str, tuple[str, ...]] = {
     ".avi": ("mpeg4", "libx264"),
 }
 
+#: Suffixes decoded as videos (PyAV).
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg")
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "check_fps",
     "count_frames",
     "decode_frames",
+    "frame_rate",
     "frames_within",
     "read_video",
     "write_video",
@@ -186,6 +188,15 @@ def _warn(on_warning: Callable[[str], None] | None, message: str) -> None:
         warnings.warn(message, VideoReadWarning, stacklevel=3)
 
 
+def frame_rate(path: PathLike) -> fractions.Fraction | None:
+    """The average frame rate a video file records (exact, e.g. ``30000/1001``), or None when it records
+    none."""
+    p = _check_path(path)
+    with _open(p) as container:
+        rate = container.streams.video[0].average_rate
+    return fractions.Fraction(rate) if rate else None
+
+
 def frames_within(path: PathLike, seconds: float) -> int:
     """Frames in the first ``seconds`` of a video: ``int(seconds * fps)`` (at least 1), as the official
     ``trimmed30`` reading counts them; unbounded (``sys.maxsize``) when the file records no frame rate."""
@@ -207,42 +218,74 @@ def read_video(
     trim_seconds: float | None = None,
     progress: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    frames: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode ``num_frames`` sampled frames as ``(T, H, W, 3)`` uint8 RGB (no resizing).
 
     With ``trim_seconds`` the frames are sampled from the first :func:`frames_within` that many seconds.
+    With ``frames=(first, stop)`` (a window, :mod:`tldr_jax.video.windows`) they are sampled from the
+    frames ``[first, stop)`` alone, as a whole video is sampled (a window past the frames that decode
+    is cut to them).
     Raises :class:`VideoReadError` for missing, unreadable or too-short files. A file whose container
     lists more frames than decode (truncated or damaged) is sampled from the frames that decode, with
     a warning: passed to ``on_warning(message)`` when given, else a :class:`VideoReadWarning`.
     """
     p = _check_path(path)
     limit = sys.maxsize if trim_seconds is None else frames_within(p, trim_seconds)
+    first = 0
+    if frames is not None:
+        first, stop = _check_frames(frames)
+        limit = min(limit, stop)
+
+    def span(count: int) -> int:  # frames of the video (or window) sampled from
+        return max(0, min(count, limit) - first)
+
     listed = count_frames(p)
-    total = min(listed, limit)
+    total = span(listed)
     if total < num_frames and not pad:
-        total = min(count_frames(p, exact=True), limit)
+        total = span(count_frames(p, exact=True))
         if total < num_frames:
             raise _too_short(p, total, num_frames)
     if total == 0:
-        raise VideoReadError(f"video {str(p)!r} has no decodable frames; re-encode or replace it.")
-    idx = sample_indices(total, num_frames, sampling, frame_stride=frame_stride, pad=pad)
-    frames, seen = decode_frames(p, idx, progress=progress)
-    if len(frames) < num_frames:
+        raise VideoReadError(
+            f"video {str(p)!r} has no decodable frames{_at(frames)}; re-encode or replace it."
+        )
+    idx = first + sample_indices(total, num_frames, sampling, frame_stride=frame_stride, pad=pad)
+    decoded, seen = decode_frames(p, idx, progress=progress)
+    if len(decoded) < num_frames:
         # The container over-reported its frame count: resample with the true count.
-        true_total = min(count_frames(p, exact=True), limit)
+        true_total = span(count_frames(p, exact=True))
         if true_total < num_frames and not pad:
             raise _too_short(p, true_total, num_frames, listed)
         if true_total == 0:
-            raise VideoReadError(f"video {str(p)!r} has no decodable frames; re-encode or replace it.")
+            raise VideoReadError(
+                f"video {str(p)!r} has no decodable frames{_at(frames)}; re-encode or replace it."
+            )
         _warn(
             on_warning,
             f"video {str(p)!r}: the container lists {listed} frames but only {true_total} decode (truncated "
             f"or damaged file); the {num_frames} frames were sampled from those {true_total}. Re-encode or "
             "re-download it for the whole video.",
         )
-        idx = sample_indices(true_total, num_frames, sampling, frame_stride=frame_stride, pad=pad)
-        frames, seen = decode_frames(p, idx, progress=progress)
-    return frames
+        idx = first + sample_indices(true_total, num_frames, sampling, frame_stride=frame_stride, pad=pad)
+        decoded, seen = decode_frames(p, idx, progress=progress)
+    return decoded
+
+
+def _check_frames(frames: Any) -> tuple[int, int]:
+    """A frame range ``(first, stop)``: ints with ``0 <= first < stop`` (``ValueError`` otherwise)."""
+    try:
+        first, stop = (int(v) for v in frames)
+        ok = [int(v) == v and not isinstance(v, bool) for v in frames] == [True, True]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 0 <= first < stop:
+        raise ValueError(f"frames must be a range (first, stop) with 0 <= first < stop; got {frames!r}.")
+    return first, stop
+
+
+def _at(frames: tuple[int, int] | None) -> str:
+    return "" if frames is None else f" in frames [{frames[0]}, {frames[1]})"
 
 
 def check_fps(fps: Any) -> float:

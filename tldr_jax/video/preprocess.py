@@ -32,7 +32,9 @@ import numpy as np
 from tldr_jax.options import check_choice, check_int
 from tldr_jax.video.sampling import SAMPLING_MODES
 
+#: ImageNet's per-channel RGB mean, on the ``[0, 1]`` scale.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+#: ImageNet's per-channel RGB standard deviation, on the ``[0, 1]`` scale.
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Per-family ``(mean, std)`` on the ``[0, 1]`` pixel scale (see the module docstring).
@@ -131,7 +133,8 @@ def preprocess(
     Args:
       frames: ``(T, H, W, 3)`` uint8 frames (0..255), or floats already in ``[0, 1]``.
       img_size: output height and width.
-      mean, std: per-channel normalisation on the ``[0, 1]`` scale (see :data:`NORMALIZATION`).
+      mean: per-channel mean on the ``[0, 1]`` scale (see :data:`NORMALIZATION`).
+      std: per-channel standard deviation on the ``[0, 1]`` scale.
       short_side: ``"crop"`` mode: the shorter side is resized to this first (default ``img_size``;
         ViViT uses 256 for 224 crops).
       resize: ``"crop"`` (resize the shorter side, then centre crop; VideoMAE / ViViT) or ``"squash"``
@@ -192,10 +195,14 @@ class Preprocessing:
     """How a file becomes a ``(num_frames, img_size, img_size, 3)`` float32 clip (:func:`load_clip`).
 
     Attributes:
-      num_frames, img_size: the clip shape the model takes.
+      num_frames: frames per clip the model takes.
+      img_size: frame height and width the model takes.
       sampling: frame sampling (:data:`~tldr_jax.video.sampling.SAMPLING_MODES`).
-      mean, std: per-channel normalisation on the ``[0, 1]`` pixel scale.
-      resize, short_side, interpolation: as :func:`preprocess` (``short_side`` for ``"crop"``).
+      mean: per-channel mean on the ``[0, 1]`` pixel scale.
+      std: per-channel standard deviation on the ``[0, 1]`` pixel scale.
+      resize: ``"crop"`` or ``"squash"``, as in :func:`preprocess`.
+      short_side: the shorter side before a ``"crop"``, as there.
+      interpolation: the resize filter, as there.
       pad: repeat the last frame of too-short videos (UMT's behaviour) instead of refusing them.
       trim_seconds: sample only the frames of the first seconds of a video file (the official DiDeMo
         evaluation's ``trimmed30``: ``int(seconds * fps)`` frames), or None for the whole video. ``.npy``

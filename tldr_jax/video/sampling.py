@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 Sampling = Literal["middle", "uniform", "linspace", "first"]
+#: The frame sampling modes :func:`sample_indices` accepts.
 SAMPLING_MODES: tuple[str, ...] = ("middle", "uniform", "linspace", "first")
 
 __all__ = ["SAMPLING_MODES", "Sampling", "sample_indices"]

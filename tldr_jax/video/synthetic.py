@@ -20,6 +20,7 @@ from tldr_jax.video.sampling import sample_indices
 
 PathLike = str | os.PathLike
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
+#: The small clip shipped in the package (``load_video("default")``, offline notebooks and tests).
 DEFAULT_CLIP_PATH = ASSET_DIR / "default_clip.npz"
 
 __all__ = [
