@@ -37,7 +37,7 @@ def tune_malloc(threshold: int = 2**30) -> bool:
     By default glibc serves every allocation above 32 MB with its own ``mmap`` and gives it back to the
     system when freed, so a PyTorch forward whose attention tensors are larger (UMT-B: 12 x 2352^2
     floats) pays fresh page faults on every call, which slows the official bfloat16 UMT-B MSRVTT
-    forward markedly (measured in the README). The same effect as the environment
+    forward markedly (measured in docs/guides/scale_precision.md). The same effect as the environment
     ``MALLOC_MMAP_THRESHOLD_=N MALLOC_TRIM_THRESHOLD_=N`` or a caching allocator (jemalloc, tcmalloc),
     applied from inside the process for the allocations that follow. XLA's CPU runtime is unaffected.
 

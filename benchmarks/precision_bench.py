@@ -23,7 +23,7 @@ machine's best measured rates, hence the largest speed-up over the official code
 ``benchmarks/results/precision{,_quick}.{json,md}``. Runs with glibc's malloc keeping freed memory
 (``--malloc tuned``, the default: :func:`benchmarks.machine.tune_malloc`); without it the official
 PyTorch forward pays page faults on every large tensor and its times move with whatever else ran in
-the process (README).
+the process (docs/guides/scale_precision.md).
 """
 
 from __future__ import annotations

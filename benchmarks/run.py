@@ -1,8 +1,8 @@
 """Throughput, latency, compile time and memory of tldr_jax against PyTorch baselines, on CPU or GPU.
 
 Run ``python -m benchmarks.run --quick`` (tiny models, batch 1, a CI-sized check: < 2 minutes) or
-``python -m benchmarks.run`` (UMT-B/16 12x224^2 and VideoMAE-B 16x224^2: the README table, kept under
-a ``--budget-min`` time budget). Results go to ``benchmarks/results/<tag>.{json,md,png}``.
+``python -m benchmarks.run`` (UMT-B/16 12x224^2 and VideoMAE-B 16x224^2: the table in docs/benchmarks.md,
+kept under a ``--budget-min`` time budget). Results go to ``benchmarks/results/<tag>.{json,md,png}``.
 ``--device gpu`` runs the same plan on the first CUDA GPU (both frameworks; more repeats), with
 ``--precision fp32`` (full float32 matrix products in both: tldr_jax's default, the official numerics)
 or ``--precision tf32`` (``tldr_jax.apply(precision="tensorfloat32")`` and PyTorch's ``allow_tf32``).

@@ -17,7 +17,7 @@ the programs (and cuBLAS autotuning results) should come from the cache. Writes
 finished; ``benchmarks/device_check.sh`` checks the golden parity with it).
 
 Why: with ``--xla_gpu_autotune_level=0`` (which keeps the compile time of many merging programs
-short) tldr_jax ran far below PyTorch's GEMM speed on a GPU, already without merging (the README's GPU
+short) tldr_jax ran far below PyTorch's GEMM speed on a GPU, already without merging (docs/benchmarks.md's GPU
 section has the numbers). XLA's defaults route every supported dot to a Triton GEMM fusion
 (``xla_gpu_triton_gemm_any``), and with autotuning off its GEMM-fusion autotuner
 (``xla/service/gpu/autotuning/gemm_fusion_autotuner.cc``) times no tile size and never tries cuBLAS: older

@@ -65,6 +65,7 @@ class Format:
     head_keys: tuple[str, ...] = ()
 
 
+#: Every source layout the converter reads, by name (what ``detect_format`` returns and ``--format`` takes).
 FORMATS: dict[str, Format] = {
     "umt": Format("umt", "official UMT / vid-TLDR vision encoder", "umt", rules.UMT, ("vision_encoder.",)),
     "videomae_pth": Format(

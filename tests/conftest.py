@@ -290,6 +290,73 @@ def _free_compiled_programs():
     gc.collect()
 
 
+# --------------------------------------------------------------------------------------------------
+# Two processes: pyproject's addopts run the suite as `-n auto --dist loadgroup --no-loadscope-reorder`
+# (pytest-xdist). Nearly every test is bound by XLA's single-threaded compile, so two workers on two
+# cores take about half the time of one process.
+# --------------------------------------------------------------------------------------------------
+
+#: Worker processes for a run of whole folders (the suite): two, the CI machine's cores.
+WORKERS = 2
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many workers ``-n auto`` starts: :data:`WORKERS` for the suite, none for a few tests.
+
+    A run of the whole suite (no paths, or only folders) gets two workers (one where the machine has
+    one core). A run naming test files or tests (``pytest tests/test_api.py -k jit``) stays in this
+    process: two workers would each import JAX, PyTorch and the test modules first, several times the
+    cost of a handful of tests. ``-n N`` on the command line, or ``PYTEST_XDIST_AUTO_NUM_WORKERS``, sets
+    the number outright.
+
+    Returns:
+      the number of workers; 0 runs the tests in this process.
+    """
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS or all(
+        Path(arg.split("::")[0]).is_dir() for arg in config.args
+    )
+    return min(WORKERS, os.cpu_count() or 1) if whole and (os.cpu_count() or 1) > 1 else 0
+
+#: Files handed out first, longest first (per-file CPU seconds measured on the 2-core CI machine): the
+#: workers take one file at a time, and a long file taken last would run alone at the end.
+LONG_FILES = (
+    "test_flops_xla.py",
+    "test_search_concurrency.py",
+    "test_search_ray.py",
+    "test_train_loop.py",
+    "test_qa_golden.py",
+)
+
+#: Files whose tests are handed out one by one, not as a whole file: a few long, independent tests
+#: behind cheap fixtures (each one starts a notebook kernel or the console command in subprocesses).
+SPLIT_FILES = ("test_notebooks.py", "test_cli_interrupt.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker, keep each test file on one worker and put the long files first.
+
+    ``--dist loadgroup`` hands out tests one by one unless they share an ``xdist_group`` mark; a file
+    spread over both workers would build its module fixtures (compiled models, indexes, fine-tuning
+    runs) in each. So every test without a group of its own gets its file as group (except in
+    :data:`SPLIT_FILES`; an explicit ``xdist_group`` mark still joins tests of several files).
+    Both workers collect, and sort, the same list. Runs without xdist (``-n 0``, ``-p no:xdist``)
+    are left as collected.
+    """
+    if not hasattr(config, "workerinput") or not config.getoption("loadgroup", False):  # set in workers
+        return
+    for item in items:
+        name = item.path.name
+        if name not in SPLIT_FILES and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(name))
+    rank = {name: i for i, name in enumerate(SPLIT_FILES + LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise kept
+
+
 # The UMT retrieval golden data and its converted model, shared (session-scoped) by the multi-modal test
 # files; defined in retrieval_fixtures.py.
 # The UMT-QA / multiple-choice golden data and its converted models (issue 27); defined in qa_fixtures.py.

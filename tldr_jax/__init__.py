@@ -1,7 +1,7 @@
 """tldr_jax: training-free token merging (vid-TLDR, ToMe) for video transformers in JAX/Flax.
 
-The names here are those the README teaches; everything else stays importable from its module
-(``tldr_jax.merge``, ``tldr_jax.schedule``, ``tldr_jax.video``, ``tldr_jax.train``, ...).
+The names here are those the README and the getting-started page teach; everything else stays importable
+from its module (``tldr_jax.merge``, ``tldr_jax.schedule``, ``tldr_jax.video``, ``tldr_jax.train``, ...).
 """
 
 from tldr_jax import options

@@ -299,7 +299,7 @@ def cast(params: Any, dtype: Any) -> Any:
     float32, as under PyTorch autocast); float32 / float64 cast every leaf. ``apply`` on the result
     runs in that precision with or without ``dtype=`` and gives the same values as
     ``apply(params, video, dtype=dtype)``, without casting the weights inside every call (for UMT-B
-    in bfloat16 a noticeable share of the call; README).
+    in bfloat16 a noticeable share of the call; docs/guides/scale_precision.md).
 
     A multi-modal model (a ``RetrievalModel`` or ``QAModel``: a pytree with a ``vision`` :class:`Params`
     field) is cast whole to float32 / float64 (every floating leaf, as its ``astype``); bfloat16 /
@@ -374,8 +374,8 @@ def apply(
       fast_compile: compile faster and run slower, for schedules run once or a few times (CPU): the
         attention is not cache-blocked (no query chunks unless the memory guard needs them) and XLA
         compiles with its older CPU kernel emitter (:data:`~tldr_jax.xla_options.FAST_COMPILE_XLA_CPU`;
-        the trade is measured in the README). The same function up to float rounding. Elsewhere only
-        the blocking rule changes (it is CPU only).
+        the trade is measured in docs/guides/scale_precision.md). The same function up to float rounding.
+        Elsewhere only the blocking rule changes (it is CPU only).
       attention: how attention is chunked and blocked, an
         :class:`~tldr_jax.options.AttentionTuning` (None: its defaults); part of the compiled
         program's cache key. The same function up to float rounding.
@@ -388,7 +388,7 @@ def apply(
       :class:`Output`.
 
     Raises:
-      ValueError / TypeError: a bad option, video (shape, dtype, size, frame count, NaN) or ``r``,
+      ValueError, TypeError: a bad option, video (shape, dtype, size, frame count, NaN) or ``r``,
         before any computation; the message names the bad value and the fix.
     """
     opts = ApplyOptions(
@@ -419,7 +419,7 @@ def lower(params: Params, video: Array, r: RSpec = 0, **options: Any) -> jax.sta
       ``jax.stages.Lowered``.
 
     Raises:
-      ValueError / TypeError: as :func:`apply`, before any tracing.
+      ValueError, TypeError: as :func:`apply`, before any tracing.
     """
     opts = ApplyOptions.from_kwargs(options, where="lower")
     forward, static, _ = _program(params, video, r, opts)

@@ -54,9 +54,13 @@ from tldr_jax.files import atomic_directory
 from tldr_jax.trees import TreeDiff, compare_trees, flatten_tree, tree_checksums, unflatten_tree
 from tldr_jax.version import __version__
 
+#: The ``"format"`` field of a checkpoint's ``config.json``.
 FORMAT = "tldr_jax.checkpoint"
+#: The newest layout version this code writes and reads (a newer one is refused with an upgrade hint).
 FORMAT_VERSION = 1
+#: The JSON file with the architecture, labels, version and checksums.
 CONFIG_FILE = "config.json"
+#: The Orbax folder with the parameter arrays.
 PARAMS_DIR = "params"
 #: How ``config.json`` records each array's checksum (``load`` verifies them; older checkpoints have none).
 CHECKSUM = "crc32"
@@ -268,7 +272,7 @@ def read_kind(path: str | Path) -> str:
     :data:`VISION_KIND` when none is recorded (no arrays are read).
 
     Raises:
-      CheckpointNotFoundError / CheckpointError: as :func:`read_info`, or a ``"kind"`` that is not a string.
+      CheckpointNotFoundError, CheckpointError: as :func:`read_info`, or a ``"kind"`` that is not a string.
     """
     kind = read_info(path).get("kind", VISION_KIND)
     if not isinstance(kind, str) or not kind:

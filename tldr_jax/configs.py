@@ -179,6 +179,7 @@ def _videomae(name: str, dim: int, depth: int, heads: int) -> ArchConfig:
     )
 
 
+#: The built-in architectures by name (``tldr_jax.init(rng, name)``): UMT, VideoMAE and ViViT encoders.
 ARCHS: dict[str, ArchConfig] = {
     "umt_b16": _umt("umt_b16", 768, 12, 12),
     "umt_l16": _umt("umt_l16", 1024, 24, 16),

@@ -11,24 +11,24 @@ through ``utils/utils.py::flops`` on the vision encoder, input ``1 x 12 x 3 x 22
 
 Per encoder (``D`` width, ``F`` MLP width, ``N`` tokens entering a block, ``N' = N - r`` leaving it):
 
-==================  ==========================================  ==================================
-term                MACs per clip                               where
-==================  ==========================================  ==================================
-patch_embed         ``N_patches * D * C * t * p * p``           Conv3D tubelet embedding
-norm1               ``5 * N * D``                               block LayerNorm before attention
-qkv                 ``3 * N * D^2``                             qkv projection
-attn_scores         ``N^2 * D``                                 ``q @ k^T`` over all heads
-attn_values         ``N^2 * D``                                 ``attn @ v``
-proj                ``N * D^2``                                 attention output projection
-merge               ``ceil(N / 2) * floor(N / 2) * C_m``        bipartite similarity, merging
-                                                                layers only (``C_m = D`` for
-                                                                vid-TLDR's hidden-state metric,
-                                                                ``D / heads`` for ToMe's keys)
-norm2               ``5 * N' * D``                              LayerNorm before the MLP
-mlp                 ``2 * N' * D * F``                          fc1 + fc2 on the merged tokens
-norm                ``5 * N_final * D`` (+ ``5 * D`` pool norm)  final norm, ``pool_norm``
-head                ``D * (num_classes + vision_proj_dim)``     classifier / retrieval projection
-==================  ==========================================  ==================================
+==================  ============================================  ==================================
+term                MACs per clip                                 where
+==================  ============================================  ==================================
+patch_embed         ``N_patches * D * C * t * p * p``             Conv3D tubelet embedding
+norm1               ``5 * N * D``                                 block LayerNorm before attention
+qkv                 ``3 * N * D^2``                               qkv projection
+attn_scores         ``N^2 * D``                                   ``q @ k^T`` over all heads
+attn_values         ``N^2 * D``                                   ``attn @ v``
+proj                ``N * D^2``                                   attention output projection
+merge               ``ceil(N / 2) * floor(N / 2) * C_m``          bipartite similarity, merging
+                                                                  layers only (``C_m = D`` for
+                                                                  vid-TLDR's hidden-state metric,
+                                                                  ``D / heads`` for ToMe's keys)
+norm2               ``5 * N' * D``                                LayerNorm before the MLP
+mlp                 ``2 * N' * D * F``                            fc1 + fc2 on the merged tokens
+norm                ``5 * N_final * D`` (+ ``5 * D`` pool norm)   final norm, ``pool_norm``
+head                ``D * (num_classes + vision_proj_dim)``       classifier / retrieval projection
+==================  ============================================  ==================================
 
 The merge similarity runs on all ``N`` tokens of the layer, protected (CLS) tokens included, because
 that is the matmul :func:`tldr_jax.merge.bipartite_plan` executes (protected rows are masked after it).
@@ -50,6 +50,7 @@ from tldr_jax.schedule import RSpec, schedule_for
 
 Shape = Literal["geometric", "greedy"]
 
+#: The schedule shapes :func:`solve_schedule` can solve for.
 SHAPES: tuple[str, ...] = ("geometric", "greedy")
 
 #: fvcore's LayerNorm cost per input element (``norm_flop_counter``: 5 with an affine, 4 without).
@@ -175,7 +176,8 @@ def flops_breakdown(
         object whose ``.config`` is an ArchConfig).
       r: any ``r`` that :func:`tldr_jax.schedule.resolve_schedule` takes: int, fraction, per-layer
         tuple, preset name (``"msrvtt"``) or a resolved :class:`~tldr_jax.schedule.Schedule`.
-      num_frames, img_size: override the config's input size.
+      num_frames: override the config's frames per clip.
+      img_size: override the config's frame height and width.
       batch: clips per call; every count scales linearly with it.
       method: ``"vid_tldr"`` (metric = hidden states, width ``D``) or ``"tome"`` (head-averaged keys).
 
@@ -331,7 +333,8 @@ def solve_schedule(
       arch: architecture name, :class:`ArchConfig` or params (as :func:`flops`).
       budget_gflops: MACs budget per clip in GFLOPs (1e9 MACs, fvcore convention).
       reduction: alternatively, the fraction of the baseline FLOPs to remove, in ``[0, 1)``.
-      num_frames, img_size: override the config's input size.
+      num_frames: override the config's frames per clip.
+      img_size: override the config's frame height and width.
       max_layers: most leading layers allowed to merge (see above).
       shape: ``"geometric"`` or ``"greedy"``.
       decay: per-layer ratio of the geometric shape, in ``(0, 1]`` (1: a constant ``r``).

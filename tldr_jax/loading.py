@@ -45,7 +45,7 @@ def kind_of(path: str | Path) -> str:
     """The kind of model the checkpoint directory ``path`` holds (reads ``config.json`` only).
 
     Raises:
-      CheckpointNotFoundError / CheckpointError: not a readable tldr_jax checkpoint.
+      CheckpointNotFoundError, CheckpointError: not a readable tldr_jax checkpoint.
     """
     return read_kind(path)
 
@@ -113,7 +113,7 @@ def vision_path(path: str | Path) -> Path:
     checkpoint, its :data:`VISION_PARTS` sub-directory for a multi-modal model (reads ``config.json``).
 
     Raises:
-      CheckpointNotFoundError / CheckpointError: not a readable checkpoint, or a kind without a vision
+      CheckpointNotFoundError, CheckpointError: not a readable checkpoint, or a kind without a vision
         encoder.
     """
     path = Path(path).expanduser()

@@ -36,7 +36,8 @@ def dot_kwargs(dtype) -> dict:
     """Extra ``dot_general`` / ``einsum`` arguments for operands of ``dtype``.
 
     ``{"preferred_element_type": float32}`` for low precision (the product runs on the bfloat16 / float16
-    units and accumulates in float32, which XLA CPU also runs faster than bfloat16 results; README);
+    units and accumulates in float32, which XLA CPU also runs faster than bfloat16 results;
+    docs/guides/scale_precision.md);
     ``{}`` otherwise, so float32 / float64 programs stay exactly as they were.
     """
     return {"preferred_element_type": jnp.float32} if is_low_precision(dtype) else {}

@@ -110,8 +110,8 @@ class AttentionTuning:
     A frozen, hashable value: :func:`tldr_jax.apply` takes it as ``attention=`` (None: these defaults),
     passes it down to every :class:`~tldr_jax.models.Attention` and makes it part of its jit cache key,
     so changing it between two calls compiles a new program. Every setting gives the unchunked result
-    up to float rounding. The defaults are the variants measured fastest on CPU (README, "bfloat16,
-    attention variants and the compilation cache").
+    up to float rounding. The defaults are the variants measured fastest on CPU
+    (docs/guides/scale_precision.md, "Attention on CPU").
 
     Attributes:
       query_chunk: query rows per chunk of the memory guard.
@@ -139,7 +139,7 @@ class AttentionTuning:
         (both softmaxes), the saliency, the matching and the pooling, so that layers share GEMM shapes.
 
     Raises:
-      TypeError / ValueError: a field of the wrong type or out of range; the message names the field.
+      TypeError, ValueError: a field of the wrong type or out of range; the message names the field.
     """
 
     query_chunk: int = 512

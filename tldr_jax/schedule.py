@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+#: What ``r`` may be: a count per layer (int), a fraction ``< 1`` of the current tokens, a preset name,
+#: a per-layer sequence of counts or fractions, or None (no merging).
 RSpec = int | float | str | Sequence[int | float] | None
 
 __all__ = [
@@ -52,7 +54,8 @@ __all__ = [
 class ScheduleCapWarning(UserWarning):
     """Raised (as a warning) when a requested merge count exceeds what a layer can merge."""
 
-# Per-dataset schedules released with vid-TLDR (README of mlvlab/vid-TLDR), tokens removed per layer.
+#: Per-dataset schedules released with vid-TLDR (README of mlvlab/vid-TLDR), tokens removed per layer:
+#: ``PRESETS[dataset][arch]``, a tuple of per-layer counts.
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
     "umt_b16": {
         "msrvtt": (600, 200, 100),

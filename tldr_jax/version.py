@@ -4,6 +4,7 @@
 ``config.json`` as ``tldr_jax_version``.
 """
 
+#: The package version (PEP 440).
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -66,7 +66,8 @@ class TokenMaps:
       saliency_layer: index of the layer the saliency comes from, or None.
       tubelet: frames per token time step.
       patch: patch size in pixels.
-      tokens_in, tokens_out: token counts entering the first and leaving the last layer.
+      tokens_in: token count entering the first layer.
+      tokens_out: token count leaving the last layer.
     """
 
     owner: np.ndarray
@@ -343,9 +344,14 @@ def saliency_grid(
         (then ``mean``/``std`` undo the normalisation; ImageNet by default).
       output: from ``apply(..., source="origin", return_saliency=True)`` (see :func:`analyze`).
       cfg: the model config (``params.config``).
+      mean: the per-channel mean the floats were normalised with (default: ImageNet's).
+      std: the per-channel standard deviation they were normalised with (default: ImageNet's).
       max_frames: at most this many evenly spaced frames are shown.
       pad: white margin around and between tiles.
       labels: add row titles (a ``label_width`` column) and frame numbers (a ``header`` row).
+      label_width: pixels of the row-title column.
+      header: pixels of the frame-number row.
+      batch: which clip of a batched input and output.
 
     Layout: ``H_img = 3 * H + 4 * pad (+ header)``, ``W_img = C * W + (C + 1) * pad (+ label_width)``
     for ``C = min(T, max_frames)`` columns.

@@ -5,7 +5,7 @@
 :func:`compiler_options` chooses from the backend and two :class:`~tldr_jax.options.ApplyOptions`:
 
 * ``fast_compile`` on CPU: :data:`FAST_COMPILE_XLA_CPU`, XLA's older CPU kernel emitter (compiles many
-  differently shaped layers faster, runs them a little slower; README).
+  differently shaped layers faster, runs them a little slower; docs/guides/scale_precision.md).
 * ``gpu_tuning`` on GPU: :data:`GPU_TUNING_XLA`. ``"heuristic"`` (default) turns off XLA's Triton GEMM
   fusion and its autotuning: every dot becomes a cuBLASLt call with cuBLAS's heuristic algorithm choice,
   as PyTorch eager runs them, and compiles fast. ``"tuned"`` also leaves Triton GEMMs out but autotunes

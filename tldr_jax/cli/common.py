@@ -253,7 +253,8 @@ def add_apply_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=[x for x in PRECISIONS if x], default=d.precision,
                    help="float32 matrix-product precision (default float32, the official numerics)")
     p.add_argument("--fast-compile", action="store_true",
-                   help="compile faster, run slower on CPU (for schedules tried once; README)")
+                   help="compile faster, run slower on CPU (for schedules tried once; "
+                        "docs/guides/scale_precision.md)")
     p.add_argument("--gpu-tuning", choices=GPU_TUNINGS, default=d.gpu_tuning,
                    help="XLA GEMM/autotuning settings on a GPU (default heuristic: cuBLAS, fast compiles)")
 

@@ -230,8 +230,10 @@ def resolve_model(
         directory (converted once into ``$TLDR_JAX_CACHE``/``~/.cache/tldr_jax/converted``, keyed by
         content), ``hf:ORG/NAME``, an architecture name, or None (random weights of ``arch``, default
         ``umt_b16``).
-      arch, tiny, seed, overrides: random weights only: the architecture, :data:`TINY_OVERRIDES`, the
-        seed, other config fields (``tldr-jax finetune --override``).
+      arch: random weights only: the architecture.
+      tiny: random weights only: apply :data:`TINY_OVERRIDES`.
+      seed: random weights only: the seed.
+      overrides: random weights only: other config fields (``tldr-jax finetune --override``).
       quiet: no conversion progress.
       kind: the kind of model the command runs: ``"vision"`` (the vision encoder of any checkpoint) or
         a multi-modal kind such as ``"umt_retrieval"`` (a directory of that kind only).

@@ -49,7 +49,7 @@ class MergeSpec:
 
     @property
     def need(self) -> Need:
-        """The attention statistic the merge needs: vid-TLDR's sharpness or ToMe's keys (none without r)."""
+        """Which attention statistic the merge needs (vid-TLDR's sharpness, ToMe's keys, none without r)."""
         if not self.r:
             return None
         return "sharpness" if self.method == "vid_tldr" else "keys"

@@ -330,7 +330,8 @@ def softmax_values(logits: Array, bias: Array | None, v: Array) -> Array:
       ``v``'s dtype (the normaliser sums the very weights that multiply ``v``, and XLA computes the
       exponentials once for both), ``s = logits + bias`` in float32 / float64. The same function as the
       softmax followed by ``PV`` up to float rounding, with one pass over the ``(C, N)`` weights fewer
-      (faster in the CPU chunks; README), so it serves the layers that need no sharpness there.
+      (faster in the CPU chunks; docs/guides/scale_precision.md), so it serves the layers that need no
+      sharpness there.
     """
     acc = acc_dtype(logits.dtype)
     s = logits.astype(acc) if bias is None else (logits + bias).astype(acc)

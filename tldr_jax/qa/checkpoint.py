@@ -70,8 +70,8 @@ def load(path: str | Path) -> QAModel:
     """Load a QA directory written by :func:`save` or the converter (``tldr_jax.load`` calls this).
 
     Raises:
-      CheckpointNotFoundError / CheckpointError: missing pieces, a newer format, a tree that does not match
-      its config, or arrays / vocabulary that do not match their checksums.
+      CheckpointNotFoundError, CheckpointError: missing pieces, a newer format, a tree that does not
+        match its config, or arrays / vocabulary that do not match their checksums.
     """
     path = Path(path).expanduser()
     info = base.read_info(path)

@@ -44,10 +44,14 @@ class QAPreset:
       name: preset name.
       task: ``"qa"`` (answer ranking) or ``"mc"`` (multiple choice with a retrieval model).
       r: the vid-TLDR schedule preset to default to, or None where none is published.
-      num_frames, img_size: clip frames and frame size.
+      num_frames: frames per clip.
+      img_size: frame height and width.
       k_test: answers re-scored per question (QA).
-      max_q_len, max_a_len: question / answer tokens (QA); max_txt_l: caption tokens (MC).
-      test_annotation, answer_list: the official file names.
+      max_q_len: question tokens (QA).
+      max_a_len: answer tokens (QA).
+      max_txt_l: caption tokens (multiple choice).
+      test_annotation: the official test annotation file name.
+      answer_list: the official answer list file name (QA).
     """
 
     name: str
@@ -63,6 +67,7 @@ class QAPreset:
     answer_list: str = ""
 
 
+#: The official QA evaluation settings by dataset name (:func:`get_preset`).
 PRESETS: dict[str, QAPreset] = {
     p.name: p
     for p in (

@@ -129,12 +129,15 @@ def evaluate(
       gt: ``n`` ground-truth answers, for the accuracy.
       k: candidates re-scored per question (``k_test``; at most the number of answers).
       r: the vid-TLDR schedule (``"msrvtt_qa"``, a tuple, 0, ...).
-      max_question_length, max_answer_length: ``max_q_len`` / ``max_a_len``.
-      batch_size: questions per ranking call; video_batch_size: clips per encoder call.
+      max_question_length: question tokens (the preset's ``max_q_len``).
+      max_answer_length: answer tokens (the preset's ``max_a_len``).
+      batch_size: questions per ranking call.
+      video_batch_size: clips per encoder call.
       num_frames: frames per clip read from a file (default: the model's).
       workers: threads reading video files ahead.
       progress: a progress bar over the questions on stderr (default: when stderr is a terminal).
-      precision: float32 matrix-product precision; vocab_chunk: vocabulary columns per loss step.
+      precision: float32 matrix-product precision.
+      vocab_chunk: vocabulary columns per loss step.
       **apply_options: other :func:`tldr_jax.apply` options (``dtype``, ...).
 
     Returns:

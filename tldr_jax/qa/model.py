@@ -54,7 +54,8 @@ class QuestionEncoder(nnx.Module):
         """The question states.
 
         Args:
-          ids, mask: ``(n, Lq)`` question tokens and padding mask.
+          ids: ``(n, Lq)`` question token ids.
+          mask: ``(n, Lq)`` their padding mask.
           video: ``(B, N', encoder_width)`` the merged tokens of the videos (all attended, no mask).
           question_video: ``(n,)`` int, the video of each question: each video's cross-attention keys
             and values are computed once for all its questions.

@@ -123,7 +123,8 @@ def encode_question(
 
     Args:
       model: the QA model.
-      ids, mask: ``(n, Lq)`` from :func:`tokenize_questions`.
+      ids: ``(n, Lq)`` question token ids from :func:`tokenize_questions`.
+      mask: ``(n, Lq)`` their padding mask.
       video_tokens: ``(B, N', D)`` merged video tokens (:func:`encode_video`'s ``.tokens``).
       question_video: ``(n,)`` the video of each question (default: question ``i`` is about video ``i``,
         which needs ``B == n``); each video's keys and values are computed once for all its questions.
@@ -259,8 +260,10 @@ def rank_answers(
 
     Args:
       model: the QA model.
-      states, mask: ``(n, Lq, H)`` question states (:func:`encode_question`) and ``(n, Lq)`` mask.
-      answer_ids, answer_mask: ``(A, La)`` the answer list (:func:`tokenize_answers`).
+      states: ``(n, Lq, H)`` question states (:func:`encode_question`).
+      mask: ``(n, Lq)`` their padding mask.
+      answer_ids: ``(A, La)`` the answer list's token ids (:func:`tokenize_answers`).
+      answer_mask: ``(A, La)`` their padding mask.
       k: candidates re-scored per question, ``1 <= k <= A`` (static: one compile per value).
       precision: float32 matrix-product precision.
       vocab_chunk: vocabulary columns per step of the candidates' loss.

@@ -62,9 +62,11 @@ def train_loss(
     Args:
       model: the QA model (differentiate with respect to it: ``jax.grad(train_loss)(model, ...)``).
       video: ``(n, T, H, W, 3)`` one clip per question, as the official batch holds.
-      question_ids, question_mask: ``(n, Lq)`` (:func:`~tldr_jax.qa.tokenize_questions`).
-      answer_ids, answer_mask: ``(A, La)`` every question's answers in question order
+      question_ids: ``(n, Lq)`` question token ids (:func:`~tldr_jax.qa.tokenize_questions`).
+      question_mask: ``(n, Lq)`` their padding mask.
+      answer_ids: ``(A, La)`` every question's answers in question order
         (:func:`~tldr_jax.qa.tokenize_answers`).
+      answer_mask: ``(A, La)`` their padding mask.
       answers_per_question: ``n`` ints summing to ``A`` (static: the official ``k``).
       weights: ``(A,)`` the weight of each answer (the official answer weights, e.g. ``1/3`` per vote).
       r: the merge schedule of the vision encoder (merging on during training, as vid-TLDR allows).

@@ -40,15 +40,19 @@ class EvalResult:
     """What :func:`evaluate` returns.
 
     Attributes:
-      i2t, t2i: the official re-ranked matrices ``(n_videos, n_texts)`` / ``(n_texts, n_videos)``: ITM
-        class-1 logits at the top-k ITC positions of each row, ``-100`` elsewhere.
-      i2t_emb, t2i_emb: the ITC (cosine) matrices.
+      i2t: the official re-ranked ``(n_videos, n_texts)`` matrix: ITM class-1 logits at the top-k ITC
+        positions of each row, ``-100`` elsewhere.
+      t2i: the same ``(n_texts, n_videos)`` for text-to-video.
+      i2t_emb: the ITC (cosine) ``(n_videos, n_texts)`` matrix.
+      t2i_emb: the ITC (cosine) ``(n_texts, n_videos)`` matrix.
       metrics: :func:`~tldr_jax.retrieval.metrics.retrieval_metrics` of ``i2t``/``t2i`` (official
         ``test/`` entry, plus median / mean rank).
       metrics_emb: the same for the ITC matrices (official ``test_emb/``).
       metrics_emb_dsl: only when ``dual_softmax`` was requested: the ITC matrices re-scored by dual softmax
         (not part of the official evaluation; labelled so).
-      k: ``k_test``; schedule: the merge schedule used; num_pairs: ITM pairs computed.
+      k: ``k_test``.
+      schedule: the merge schedule used.
+      num_pairs: ITM pairs computed.
       timing: seconds spent: ``text``, ``video``, ``itc``, ``rerank``, ``total``.
     """
 
@@ -128,12 +132,15 @@ def evaluate(
       videos: ``(n, T, H, W, 3)`` clips, a list of files / clips (see :func:`encode_videos`), or
         :class:`VideoFeatures` already computed (reused as they are; ``r`` is then ignored).
       texts: the captions (one entry per text) or :class:`TextFeatures` from :func:`encode_texts`.
-      txt2vid / vid2txt: ground truth (either one): the video(s) of each text / the text(s) of each video.
+      txt2vid: ground truth: the video(s) of each text (give this or ``vid2txt``).
+      vid2txt: ground truth: the text(s) of each video.
       k: ``k_test`` (official: 128).
       r: the vid-TLDR schedule (``"msrvtt"``, ...; 0 = no merging).
       max_length: tokens per text (dataset presets: ``DATASETS[name].max_txt_l``).
-      batch_size: videos per encoder call. text_batch_size: texts per text-encoder call.
-      rerank_batch: texts per ITM work item (official: 32); rerank_group: work items per compiled call.
+      batch_size: videos per encoder call.
+      text_batch_size: texts per text-encoder call.
+      rerank_batch: texts per ITM work item (official: 32).
+      rerank_group: work items per compiled call.
       dual_softmax: a temperature (e.g. 0.01) to also report ``metrics_emb_dsl``, the ITC matrices
         re-scored by dual softmax (not official; never applied unless given).
       progress: progress bars (default: when stderr is a terminal).

@@ -129,7 +129,8 @@ def encode_text(
 
     Args:
       model: the retrieval model.
-      ids, mask: ``(n, L)`` from :func:`~tldr_jax.text.tokenizer.tokenize`.
+      ids: ``(n, L)`` token ids from :func:`~tldr_jax.text.tokenizer.tokenize`.
+      mask: ``(n, L)`` their padding mask.
       precision: float32 matrix-product precision (``"float32"``: the official arithmetic; ``None``
         leaves JAX's setting in charge).
       gpu_tuning: XLA's GEMM settings on a GPU, as :func:`tldr_jax.apply`'s.
@@ -288,6 +289,7 @@ def encode_videos(
       num_frames: frames per clip read from a file (default: the model's).
       trim_seconds: for files: sample only the first seconds (DiDeMo: 30).
       progress: show a progress bar (default: when stderr is a terminal).
+      workers: background threads reading video files.
       **apply_options: other :func:`tldr_jax.apply` options.
 
     Returns:

@@ -112,7 +112,9 @@ def multiple_choice(
       r: the vid-TLDR schedule (``"msrvtt"``, a tuple, 0, ...).
       max_length: tokens per caption (``max_txt_l``: 32 for MSR-VTT-MC).
       batch_size: items per encoder and scoring call (the last batch is padded: one compile).
-      num_frames, workers, progress: as :func:`~tldr_jax.retrieval.encode_videos`.
+      num_frames: frames per clip read from a file, as in :func:`~tldr_jax.retrieval.encode_videos`.
+      workers: threads reading video files ahead, as there.
+      progress: progress bars, as there.
       precision: float32 matrix-product precision.
       **apply_options: other :func:`tldr_jax.apply` options.
 

@@ -66,6 +66,7 @@ class DatasetPreset:
         return {"k": self.k_test, "r": self.r, "max_length": self.max_txt_l}
 
 
+#: The official retrieval evaluation settings by dataset name (:func:`get_dataset`).
 DATASETS: dict[str, DatasetPreset] = {
     p.name: p
     for p in (

@@ -53,13 +53,19 @@ class TextConfig(DictConfig):
     """Sizes of the text tower (hashable: static under ``jax.jit``).
 
     Attributes:
-      vocab_size, hidden_size, num_layers, num_heads, intermediate_size: BERT sizes.
-      max_position_embeddings, type_vocab_size: embedding table sizes.
+      vocab_size: tokens in the vocabulary (BERT-base: 30522).
+      hidden_size: the tower's width.
+      num_layers: transformer layers.
+      num_heads: attention heads per layer.
+      intermediate_size: MLP width.
+      max_position_embeddings: rows of the position embedding table (the longest text).
+      type_vocab_size: rows of the token-type embedding table.
       layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
       fusion_layer: first layer with cross-attention (UMT-B: 9 of 12, UMT-L: 19 of 24).
       encoder_width: width of the video tokens the cross-attention reads (the vision width).
       embed_dim: width of ``text_proj`` / ``vision_proj`` (the ITC space).
-      hidden_act: ``"gelu"`` (exact erf GELU, BERT's) or a tanh variant of :data:`GELU_KINDS`.
+      hidden_act: ``"gelu"`` (exact erf GELU, BERT's) or a tanh variant of
+        :data:`~tldr_jax.text.bert.GELU_KINDS`.
       pad_token_id: id of ``[PAD]``.
     """
 
@@ -293,6 +299,7 @@ class TextTower(nnx.Module):
             ``self_attended``, of :meth:`fusion_self_attention`.
           mask: ``(G, B, L)`` their padding masks.
           video: ``(G, N, encoder_width)`` one video's tokens per group (all ``N`` attended, no mask).
+          self_attended: ``text_embeds`` already went through :meth:`fusion_self_attention`.
 
         Returns:
           ``(G, B, H)``: the CLS row of the last layer (what ``itm_head`` scores).
@@ -319,7 +326,8 @@ def check_token_ids(
     """``(n, L)`` int32 ids and mask, checked against ``cfg``'s vocabulary and positions.
 
     Args:
-      ids, mask: ``(n, L)`` token ids and attention mask.
+      ids: ``(n, L)`` token ids.
+      mask: ``(n, L)`` attention mask.
       what: how messages name the inputs (``"question"``, ``"answer"``, ``"text"``).
       make: the call that makes valid inputs (named in the fix).
 

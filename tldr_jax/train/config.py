@@ -34,7 +34,9 @@ class FinetuneConfig:
       warmup_epochs: linear warm-up length from 0 to lr (may be fractional).
       weight_decay: AdamW decoupled weight decay (not applied to 1-D parameters, pos_embed, cls_token).
       layer_decay: layer-wise learning-rate decay (1.0: off).
-      b1, b2, eps: Adam moments.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      eps: Adam's epsilon.
       label_smoothing: label smoothing of the cross-entropy.
       clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
       train_r: merge schedule during training (any r tldr_jax.apply accepts: 8, 0.1, 8,4,2, a preset).

@@ -74,8 +74,12 @@ def evaluate(
     Args:
       params: a classifier (``params.config.num_classes`` must equal the dataset's class count).
       data: a dataset, ``(videos, labels)`` or a labelled-video folder.
-      r, method, pool, dtype: as in :func:`tldr_jax.apply`.
-      batch_size, workers: evaluation batch size and decoding threads.
+      r: the merge schedule, as in :func:`tldr_jax.apply`.
+      method: ``"vid_tldr"`` or ``"tome"``, as there.
+      pool: the pooling, as there.
+      dtype: the compute dtype, as there.
+      batch_size: evaluation batch size.
+      workers: video decoding threads.
 
     Returns:
       ``{"top1", "top5", "loss", "count"}`` (unreadable clips are skipped and reported in
@@ -102,10 +106,12 @@ class FinetuneResult:
       params: the final :class:`Params` (``labels`` = the dataset's classes).
       best_params: the best parameters by evaluation top-1 of this process (host copy), or None
         without validation data.
-      best_top1, best_step: the best evaluation top-1 over the whole run and the step it was reached.
+      best_top1: the best evaluation top-1 over the whole run.
+      best_step: the step it was reached at.
       history: one dict per evaluation (``epoch``, ``step``, ``top1``, ``top5``, ``loss``, ``count``,
         ``train_loss``, ``train_acc``).
-      steps: steps taken in total; ``total_steps``: steps of the whole run.
+      steps: steps taken in total.
+      total_steps: steps of the whole run.
       resumed_from: the step this call resumed from, or None.
       skipped: unreadable clips (name -> reason) met by this process.
       export_path: where the best (or, without validation data, the final) model was exported.
@@ -357,8 +363,7 @@ def finetune(
       train: a labelled-video folder, a ``(videos, labels[, classes])`` tuple or a dataset
         (:mod:`tldr_jax.train.data`).
       val: the same kinds, or None.
-      config: a :class:`~tldr_jax.train.config.FinetuneConfig`; ``**overrides`` replace its fields
-        (``epochs=5, train_r=8``).
+      config: a :class:`~tldr_jax.train.config.FinetuneConfig` (default: its defaults).
       ckpt_dir: orbax train-state directory. A run with a checkpoint there resumes from its latest
         step and repeats exactly what an uninterrupted run does (same settings required).
       export: where the best model by validation top-1 is written with
@@ -368,6 +373,7 @@ def finetune(
       folder_kwargs: :func:`tldr_jax.video.preprocessing_for` overrides for folder datasets
         (``sampling``, ...).
       log: where evaluation lines go (default: ``tqdm.write`` when ``progress``, else nowhere).
+      **overrides: fields of ``config`` to replace (``epochs=5, train_r=8``).
 
     Returns:
       :class:`FinetuneResult`.
