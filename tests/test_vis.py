@@ -113,7 +113,10 @@ def test_visualize_png_and_gif(tiny, tmp_path):
     h = params.config.img_size
     assert img.shape == (18 + 3 * h + 16, 110 + 4 * h + 5 * 4, 3)
     assert img.std() > 20
-    assert maps.saliency is not None and maps.saliency.shape == (4, 7, 7) and maps.saliency.max() == 1.0
+    assert maps.saliency is not None and maps.saliency.shape == (4, 7, 7)
+    # The most salient token is 1 up to float32 rounding: XLA may divide through a reciprocal on some
+    # CPUs (0.99999994 on an AMD EPYC), so exact equality would be CPU-specific.
+    np.testing.assert_allclose(maps.saliency.max(), 1.0, rtol=2 * np.finfo(np.float32).eps)
     assert maps.tokens_out == 111 and maps.num_groups == 111 and maps.group_size.sum() > 196
     gif, _ = vis.visualize(params, clip, tmp_path / "anim.gif", r)
     with Image.open(gif) as im:
