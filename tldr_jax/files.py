@@ -8,7 +8,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,28 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def cached_bytes(path: PathLike, make: Callable[[], bytes], *, cache: bool = True) -> bytes:
+    """The bytes stored at ``path``, else ``make()``'s, then stored there atomically (a derived file:
+    a thumbnail, a rendered figure). Storing is best effort: where ``path`` cannot be written (a
+    read-only folder) the bytes are returned all the same. ``cache=False``: always ``make()``, store
+    nothing."""
+    path = Path(path)
+    if cache:
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+    data = make()
+    if cache:
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with atomic_output(path) as tmp:
+                tmp.write_bytes(data)
+        except OSError:
+            pass  # not writable: served without caching
+    return data
 
 
 def _sibling(path: Path, tag: str) -> Path:

@@ -111,29 +111,27 @@ def _media(service: SearchService, request: Request) -> Response:
     return FileResponse(path, media_type=kind)
 
 
-def _thumbnail(service: SearchService, request: Request) -> Response:
+def _row_image(service: SearchService, request: Request, render: Callable[[Any, int], bytes], what: str,
+               media_type: str, cache_control: str) -> Response:
+    """An image derived from a row's file (``render(index, row)``); 404 with one line when it cannot be."""
     row = request.path_params["row"]
     index = service.current()
     try:
-        data = thumbnail(index, row)
+        data = render(index, row)
     except IndexError as err:
         raise NotFound(str(err)) from None
     except (ValueError, OSError) as err:  # unreadable or vanished file, path outside the collection
-        raise NotFound(f"no thumbnail for video {row}: {str(err).splitlines()[0]}") from None
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        raise NotFound(f"no {what} for video {row}: {str(err).splitlines()[0]}") from None
+    return Response(data, media_type=media_type, headers={"Cache-Control": cache_control})
+
+
+def _thumbnail(service: SearchService, request: Request) -> Response:
+    return _row_image(service, request, thumbnail, "thumbnail", "image/jpeg", "max-age=3600")
 
 
 def _token_view(service: SearchService, request: Request) -> Response:
-    row = request.path_params["row"]
-    index = service.current()
-    try:
-        data = token_view_png(index, row)
-    except IndexError as err:
-        raise NotFound(str(err)) from None
-    except (ValueError, OSError) as err:  # unreadable or vanished file, path outside the collection
-        raise NotFound(f"no token view for video {row}: {str(err).splitlines()[0]}") from None
     # rows may renumber after a re-index: the browser asks again (the server keeps its own cache)
-    return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
+    return _row_image(service, request, token_view_png, "token view", "image/png", "no-cache")
 
 
 async def _health(service: SearchService, request: Request) -> JSONResponse:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tldr_jax.files import atomic_output
+from tldr_jax.files import cached_bytes
 from tldr_jax.search.index import VideoIndex
 from tldr_jax.video.clip import NPY_EXTENSIONS
 from tldr_jax.video.decode import count_frames, decode_frames
@@ -99,15 +99,7 @@ def thumbnail(index: VideoIndex, row: int) -> bytes:
         raise IndexError(f"no video {row}: the index holds rows 0 to {len(index) - 1}.")
     entry = index.entries[row]
     cached = index.path / THUMBNAIL_DIR / f"{Path(entry.result_name).stem}.jpg"
-    try:
-        return cached.read_bytes()
-    except OSError:
-        pass
-    data = _encode(representative_frame(index.video_path(row), entry.frame_range))
-    try:
-        cached.parent.mkdir(exist_ok=True)
-        with atomic_output(cached) as tmp:
-            tmp.write_bytes(data)
-    except OSError:
-        pass  # a read-only index: served without caching
-    return data
+    def make() -> bytes:
+        return _encode(representative_frame(index.video_path(row), entry.frame_range))
+
+    return cached_bytes(cached, make)

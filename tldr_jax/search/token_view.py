@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tldr_jax.files import atomic_output
+from tldr_jax.files import cached_bytes
 from tldr_jax.retrieval.features import clip_preprocessing
 from tldr_jax.search.index import VideoIndex
 from tldr_jax.video import denormalize
@@ -204,17 +204,4 @@ def token_view_png(index: VideoIndex, row: int, *, cache: bool = True) -> bytes:
     # result_name: the content hash (and a window's frames), as the feature cache keys the entry
     stem = index.entries[row].result_name.removesuffix(".npz")
     cached = index.path / TOKEN_VIEW_DIR / f"{stem}-{_settings_key(index)}.png"
-    if cache:
-        try:
-            return cached.read_bytes()
-        except OSError:
-            pass
-    data = _encode_png(render_view(analyze_row(index, row)))
-    if cache:
-        try:
-            cached.parent.mkdir(exist_ok=True)
-            with atomic_output(cached) as tmp:
-                tmp.write_bytes(data)
-        except OSError:
-            pass  # a read-only index: served without caching
-    return data
+    return cached_bytes(cached, lambda: _encode_png(render_view(analyze_row(index, row))), cache=cache)
